@@ -1,0 +1,1 @@
+"""Evaluation of nnU-Net predictions (installed as ``nnunet_losses.evaluation``)."""

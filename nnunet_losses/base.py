@@ -1,0 +1,68 @@
+"""Base class shared by every loss: input handling, deep supervision and argument validation."""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence
+
+from torch import Tensor, nn
+
+from .deep_supervision import deep_supervision_loss
+from .inputs import PreparedBatch, prepare_batch
+
+
+def check_range(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """Raise a one-line ``ValueError`` unless ``low <= value <= high`` (open ends where requested)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class SegmentationLoss(nn.Module):
+    """A loss called as ``loss(logits, target)`` on nnU-Net's network output and target.
+
+    Subclasses implement :meth:`compute` on a :class:`~nnunet_losses.inputs.PreparedBatch`. This class handles
+    what is common to all of them:
+
+    * ``region_based``: ``False`` = softmax over label maps, ``True`` = sigmoid over region maps (nnU-Net's
+      ``label_manager.has_regions``);
+    * ``ignore_label``: voxels with this label (or, for regions, flagged in the extra last target channel)
+      contribute nothing;
+    * deep supervision: if ``logits`` and ``target`` are lists (nnU-Net's deep supervision outputs), the result
+      is ``sum_i w_i loss(logits[i], target[i])`` with ``deep_supervision_weights`` (``None`` = nnU-Net's
+      ``1/2**i`` weighting with the lowest resolution off).
+    """
+
+    def __init__(self, region_based: bool = False, ignore_label: Optional[int] = None,
+                 deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__()
+        self.region_based = check_bool("region_based", region_based)
+        if ignore_label is not None and (isinstance(ignore_label, bool) or not isinstance(ignore_label, int)):
+            raise ValueError(f"ignore_label must be an int label value or None, got {ignore_label!r}")
+        self.ignore_label = ignore_label
+        self.deep_supervision_weights = None if deep_supervision_weights is None else tuple(
+            float(w) for w in deep_supervision_weights)
+
+    def forward(self, logits, target) -> Tensor:
+        if isinstance(logits, (list, tuple)):
+            return deep_supervision_loss(self._single, logits, target, self.deep_supervision_weights)
+        return self._single(logits, target)
+
+    def _single(self, logits: Tensor, target: Tensor) -> Tensor:
+        return self.compute(prepare_batch(logits, target, self.region_based, self.ignore_label))
+
+    def compute(self, batch: PreparedBatch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                         if not k.startswith("_") and not isinstance(v, nn.Module) and k != "training")

@@ -1,0 +1,253 @@
+"""Functional core: every loss formula of the library lives in exactly one function here.
+
+Conventions (shared by all functions):
+
+* ``probs`` / ``onehot`` / ``mask`` have shape ``(B, K, *spatial)``; ``mask`` is ``(B, 1, *spatial)`` with 1 for
+  voxels that count and 0 for ignored voxels, or ``None`` when every voxel counts.
+* "Statistics" are per sample and channel, shape ``(B, K)``, reduced over the spatial axes. They are summed in at
+  least float32 (``sum(dtype=...)``), because fp16 sums overflow at 65504 -- a single 64^3 patch already has more
+  voxels than that.
+* Overlap scores are computed from statistics (TP, FP, FN); losses are ``1 - score`` so that values compare with
+  the papers and other libraries (a constant offset does not change gradients).
+
+The wrappers in :mod:`nnunet_losses.losses` only choose parameters and channels; they contain no formula.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+#: Below this value ``x ** e`` (``e < 1``) is continued linearly; see :func:`safe_pow`.
+POW_EPS = 1e-8
+#: Denominators are clamped to this value so that 0/0 (no voxel of a class, smooth=0) gives 0, not NaN.
+DENOM_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# numerics
+# ----------------------------------------------------------------------------------------------------------------
+def safe_pow(x: Tensor, exponent: float) -> Tensor:
+    """``x ** exponent`` for ``x >= 0`` with a finite derivative everywhere.
+
+    For ``exponent < 1`` the derivative ``e * x**(e-1)`` is infinite at ``x = 0`` (DSC++ with gamma < 1 on a
+    confident prediction, Focal Tversky at a perfect prediction). The DSC++ authors clamp ``p`` and ``y`` to
+    ``[eps, 1-eps]``, which adds ``eps**gamma`` to *every* voxel's FP/FN term (for gamma=0.5 and 1e7 background
+    voxels that is a visible bias). We instead keep the exact power for ``x >= POW_EPS`` and continue it linearly
+    below (value ``x * POW_EPS**(e-1)``): the value is exactly 0 at 0, continuous at ``POW_EPS``, and the
+    derivative is bounded by ``e * POW_EPS**(e-1)``.
+    """
+    if exponent == 1:
+        return x
+    if exponent == 0:
+        return torch.ones_like(x)
+    x = x.clamp_min(0)  # 1 - TI can be -1e-8 from rounding; a fractional power of it would be NaN
+    if exponent > 1:
+        return x ** exponent
+    exact = x.clamp_min(POW_EPS) ** exponent  # clamped so that the unselected branch has a finite gradient
+    return torch.where(x >= POW_EPS, exact, x * (POW_EPS ** (exponent - 1)))
+
+
+def log_one_minus_softmax(logits: Tensor) -> Tensor:
+    """``log(1 - softmax(logits))`` along dim 1, exact for extreme logits.
+
+    ``log1p(-p)`` is ``-inf`` once ``p`` rounds to 1 (logit gaps of ~17 in float32), but the true value is
+    ``logsumexp_{k != c} l_k - logsumexp_k l_k``, which we compute class by class (C is small in segmentation).
+    """
+    lse = torch.logsumexp(logits, dim=1, keepdim=True)
+    out = []
+    for c in range(logits.shape[1]):
+        others = torch.cat([logits[:, :c], logits[:, c + 1:]], dim=1)
+        out.append(torch.logsumexp(others, dim=1, keepdim=True))
+    return torch.cat(out, dim=1) - lse
+
+
+def masked_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Mean of ``values`` over all elements whose voxel is not ignored; 0 (with zero gradient) if all are ignored.
+
+    ``values`` is ``(B, K, *spatial)``; every channel of a valid voxel counts.
+    """
+    if mask is None:
+        return values.mean()
+    total = (values * mask).sum(dtype=torch.float32 if values.dtype != torch.float64 else torch.float64)
+    count = mask.sum() * values.shape[1]
+    return total / count.clamp_min(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per-voxel (distribution-based) terms
+# ----------------------------------------------------------------------------------------------------------------
+def categorical_focal_nll(log_probs: Tensor, onehot: Tensor, class_weights: Optional[Tensor] = None,
+                          class_gammas: Optional[Sequence[float]] = None) -> Tensor:
+    r"""Per-voxel weighted focal negative log-likelihood of a softmax output, shape ``(B, 1, *spatial)``.
+
+    .. math:: \ell_i = -\sum_c w_c\, y_{i,c}\, (1 - p_{i,c})^{\gamma_c} \log p_{i,c}
+
+    * cross-entropy: ``w = 1, gamma = 0``;   weighted CE (Bertels et al.): ``w_c = 1 / (C p_c)``;
+    * Focal (Lin et al., Yeung et al. Eq. 2): ``w = alpha_c, gamma_c = gamma``;
+    * asymmetric focal (Unified Focal, Eq. 19): background ``w = 1-delta, gamma``; foreground ``w = delta, 0``.
+    """
+    terms = -onehot * log_probs
+    if class_gammas is not None:
+        gammas = [float(g) for g in class_gammas]
+        one_minus_p = -torch.expm1(log_probs)  # exact near p = 1, unlike 1 - exp(log p)
+        if len(set(gammas)) == 1:
+            modulation = safe_pow(one_minus_p, gammas[0])
+        else:
+            modulation = torch.stack([safe_pow(one_minus_p[:, c], g) for c, g in enumerate(gammas)], 1)
+        terms = terms * modulation
+    if class_weights is not None:
+        terms = terms * _channel_weight(class_weights, terms)
+    return terms.sum(1, keepdim=True)
+
+
+def binary_focal_nll(log_p: Tensor, log_1mp: Tensor, y: Tensor, w_pos: float | Tensor = 1.0,
+                     w_neg: float | Tensor = 1.0, gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> Tensor:
+    r"""Per-voxel, per-channel weighted focal binary NLL (one-vs-rest), shape of ``y``.
+
+    .. math:: \ell_{i,k} = -w^+_k\, y\, (1-p)^{\gamma^+} \log p \;-\; w^-_k\, (1-y)\, p^{\gamma^-} \log(1-p)
+
+    * binary cross-entropy (sigmoid / region training): all weights 1, gammas 0;
+    * weighted BCE (Bertels et al.): ``w+ = 1/(2p), w- = 1/(2-2p)`` with ``p`` the foreground prior;
+    * binary focal: ``w+ = alpha, w- = 1-alpha, gamma+ = gamma- = gamma``;
+    * Combo's modified CE (Eq. 14): ``w+ = beta, w- = 1-beta``;
+    * asymmetric focal per region: ``w+ = delta, gamma+ = 0, w- = 1-delta, gamma- = gamma``.
+
+    ``log_p``/``log_1mp`` are passed separately so that both are exact for extreme logits.
+    """
+    pos = y * log_p
+    neg = (1 - y) * log_1mp
+    if gamma_pos:
+        pos = pos * safe_pow(-torch.expm1(log_p), gamma_pos)  # (1 - p)^gamma
+    if gamma_neg:
+        neg = neg * safe_pow(-torch.expm1(log_1mp), gamma_neg)  # p^gamma, computed as (1 - (1 - p))^gamma
+    return -(_channel_weight(w_pos, pos) * pos + _channel_weight(w_neg, neg) * neg)
+
+
+def _channel_weight(w: float | Tensor, like: Tensor) -> float | Tensor:
+    if isinstance(w, Tensor):
+        return w.to(device=like.device, dtype=like.dtype).view((1, -1) + (1,) * (like.ndim - 2))
+    return w
+
+
+def class_weights_from_priors(priors: Sequence[float], region_based: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """Weighted-CE weights from class priors (Bertels et al., Sect. 3: balance all classes equally).
+
+    * label (softmax) training, priors ``p_c`` of the C classes (background included): ``w_c = 1 / (C p_c)``,
+      which for C = 2 is the paper's ``1/(2p)`` (foreground) and ``1/(2-2p)`` (background);
+    * region (sigmoid) training, foreground priors ``p_r`` of each region: ``w+ = 1/(2 p_r)``, ``w- = 1/(2 - 2 p_r)``.
+
+    Returns ``(w, None)`` for labels and ``(w_pos, w_neg)`` for regions. Uniform priors give weights 1 (plain CE).
+    """
+    p = torch.as_tensor(priors, dtype=torch.float64)
+    if p.ndim != 1 or p.numel() == 0:
+        raise ValueError(f"class_priors must be a non-empty list of floats, got {priors!r}")
+    if not bool(((p > 0) & (p < 1)).all()):
+        raise ValueError(f"class_priors must lie strictly between 0 and 1 (a class that never occurs cannot be "
+                         f"weighted by 1/p), got {p.tolist()}")
+    if region_based:
+        return 1 / (2 * p), 1 / (2 - 2 * p)
+    if abs(float(p.sum()) - 1) > 1e-3:
+        raise ValueError(f"class_priors of a label (softmax) task must sum to 1 over all classes including "
+                         f"background, got sum {float(p.sum()):.4f} for {p.tolist()}")
+    return 1 / (p.numel() * p), None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# overlap statistics and scores
+# ----------------------------------------------------------------------------------------------------------------
+def overlap_stats(probs: Tensor, onehot: Tensor, mask: Optional[Tensor], gamma: float = 1.0
+                  ) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Soft TP, FP, FN per sample and channel, shape ``(B, K)`` each.
+
+    .. math:: TP = \sum_i p_i y_i,\quad FP = \sum_i (p_i (1-y_i))^\gamma,\quad FN = \sum_i ((1-p_i) y_i)^\gamma
+
+    ``gamma`` is DSC++'s focal exponent (Yeung et al., Eq. 9); ``gamma = 1`` gives the ordinary soft statistics.
+    nnU-Net targets are hard (``y`` in {0, 1}), so ``(p (1-y))^gamma = p^gamma (1-y)``, which is what we evaluate
+    (one power per voxel instead of two products and a power).
+    """
+    axes = tuple(range(2, probs.ndim))
+    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    if mask is not None:
+        onehot = onehot * mask
+    tp = (probs * onehot).sum(axes, dtype=acc)
+    if gamma == 1:
+        # FP = sum p - TP, FN = sum y - TP: two plain sums instead of two more elementwise products
+        p_sum = (probs * mask).sum(axes, dtype=acc) if mask is not None else probs.sum(axes, dtype=acc)
+        return tp, p_sum - tp, onehot.sum(axes, dtype=acc) - tp
+    fp_map = safe_pow(probs, gamma) * (1 - onehot)
+    if mask is not None:
+        fp_map = fp_map * mask
+    fp = fp_map.sum(axes, dtype=acc)
+    fn = (safe_pow(1 - probs, gamma) * onehot).sum(axes, dtype=acc)
+    return tp, fp, fn
+
+
+def reduce_stats(stats: Sequence[Tensor], batch_dice: bool, ddp: bool) -> Tuple[Tensor, ...]:
+    """Sum ``(B, K)`` statistics over the batch when ``batch_dice`` -- over *all* ranks' batches when ``ddp``.
+
+    The all-gather is nnU-Net's ``AllGatherGrad`` (as in ``MemoryEfficientSoftDiceLoss``): every rank computes
+    the global score; its backward sums the gradient over ranks, so after DDP's gradient averaging the parameter
+    gradient equals that of a single process on the concatenated batch.
+    """
+    if not batch_dice:
+        return tuple(stats)
+    if ddp:
+        from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+        stats = [AllGatherGrad.apply(s).sum(0) for s in stats]
+    return tuple(s.sum(0) for s in stats)
+
+
+def dice_score(tp: Tensor, fp: Tensor, fn: Tensor, smooth: float) -> Tensor:
+    r"""Soft Dice / DSC++ score :math:`(2TP + s) / (2TP + FP + FN + s)` (= ``(2 sum py + s)/(sum p + sum y + s)``)."""
+    return (2 * tp + smooth) / (2 * tp + fp + fn + smooth).clamp_min(DENOM_EPS)
+
+
+def jaccard_score(tp: Tensor, fp: Tensor, fn: Tensor, smooth: float) -> Tensor:
+    r"""Soft Jaccard score :math:`(TP + s) / (TP + FP + FN + s)` (= ``(sum py + s)/(sum p + sum y - sum py + s)``)."""
+    return (tp + smooth) / (tp + fp + fn + smooth).clamp_min(DENOM_EPS)
+
+
+def tversky_index(tp: Tensor, fp: Tensor, fn: Tensor, alpha: float, beta: float, smooth: float) -> Tensor:
+    r"""Tversky index :math:`(TP + s) / (TP + \alpha FP + \beta FN + s)` (Salehi et al.; Yeung et al. Eq. 16).
+
+    ``alpha`` weights false positives, ``beta`` false negatives. ``alpha = beta = 1/2`` is the Dice score when
+    ``smooth = 0``.
+    """
+    return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(DENOM_EPS)
+
+
+def focal_tversky_term(ti: Tensor, gamma: float) -> Tensor:
+    r"""Focal Tversky term :math:`(1 - TI)^{1/\gamma}` (Abraham & Khan; Yeung et al. Eq. 17)."""
+    return safe_pow(1 - ti, 1.0 / gamma)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lovász extension (Berman et al. 2018)
+# ----------------------------------------------------------------------------------------------------------------
+def lovasz_grad(fg_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors, for every row of ``(R, N)``.
+
+    Row-wise version of Berman et al.'s ``lovasz_grad``: each row is sorted by *its own* errors, and the
+    foreground indicator of *that* class/region is carried along -- not the integer label map (the bug of a
+    well-known vectorised port, wrong for C > 2).
+    """
+    gts = fg_sorted.sum(1, keepdim=True)
+    intersection = gts - fg_sorted.cumsum(1)
+    union = gts + (1 - fg_sorted).cumsum(1)  # >= 1 everywhere, so no division by zero
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+
+
+def lovasz_extension(errors: Tensor, fg: Tensor) -> Tensor:
+    r"""Lovász extension of the Jaccard loss, one value per row of ``(R, N)`` errors.
+
+    .. math:: \bar\Delta_J(m) = \sum_k m_{\pi(k)}\, g_k(\pi)
+
+    with :math:`\pi` sorting the errors decreasingly and :math:`g` from :func:`lovasz_grad`. Ignored voxels must
+    be passed with ``errors = 0`` and ``fg = 0``: they sort after every positive error and add nothing.
+    """
+    errors_sorted, perm = torch.sort(errors, dim=1, descending=True)
+    fg_sorted = torch.gather(fg, 1, perm)
+    return (errors_sorted * lovasz_grad(fg_sorted)).sum(1)

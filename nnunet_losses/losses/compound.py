@@ -1,0 +1,134 @@
+"""Compound losses: nnU-Net's Dice + CE, Combo, Unified Focal, and their ++ forms."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .. import functional as Fn
+from ..base import check_bool, check_range
+from ..inputs import PreparedBatch
+from .overlap import OverlapLoss
+from .pixelwise import voxel_focal_nll
+
+_INF = float("inf")
+
+
+class DiceCELoss(OverlapLoss):
+    r"""nnU-Net's default loss, for reference: ``weight_ce * CE + weight_dice * (1 - soft Dice)``.
+
+    Identical in gradient to nnU-Net's ``DC_and_CE_loss`` / ``DC_and_BCE_loss`` with ``MemoryEfficientSoftDiceLoss``
+    (values are ``weight_dice`` higher, because nnU-Net returns ``-Dice``). One documented difference: with an
+    ignore label in region training nnU-Net divides the BCE sum over regions by the number of valid voxels
+    (a sum over regions); we average over regions in every case, as its non-ignore branch does.
+    """
+
+    def __init__(self, weight_ce: float = 1.0, weight_dice: float = 1.0, batch_dice: bool = False,
+                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
+                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+        self.weight_ce = check_range("weight_ce", weight_ce, 0, _INF)
+        self.weight_dice = check_range("weight_dice", weight_dice, 0, _INF)
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        ce = Fn.masked_mean(voxel_focal_nll(batch), batch.mask)
+        return self.weight_ce * ce + self.weight_dice * self.dice_loss(batch)
+
+
+class ComboLoss(OverlapLoss):
+    r"""Combo loss (Taghanaki et al. 2019; Yeung et al. 2022 Eqs. 13-14): :math:`\alpha L_{mCE} + (1-\alpha)(1 - DSC)`.
+
+    .. math:: L_{mCE} = -\frac1N\sum_i \beta\, y_i \ln p_i + (1-\beta)(1-y_i)\ln(1-p_i)
+
+    evaluated one-vs-rest on every channel the Dice term uses (softmax: the foreground classes, plus background
+    with ``do_bg``; regions: every region) and averaged over them; for a binary task this is exactly Eq. 14.
+    The paper writes ``- (1-alpha) DSC``; we add the constant ``1 - alpha`` so the value is comparable with the
+    other losses. Defaults alpha = beta = 0.5 (Table 2). ``gamma_pp = 2`` is Combo++.
+    """
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma_pp: float = 1.0, batch_dice: bool = False,
+                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
+                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+        self.alpha = check_range("alpha", alpha, 0, 1)
+        self.beta = check_range("beta", beta, 0, 1)
+        self._set_gamma_pp(gamma_pp)
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        c0 = batch.first_channel(self.do_bg)
+        mce = Fn.binary_focal_nll(batch.log_probs[:, c0:], batch.log_one_minus_probs[:, c0:], batch.onehot[:, c0:],
+                                  w_pos=self.beta, w_neg=1 - self.beta)
+        return self.alpha * Fn.masked_mean(mce, batch.mask) + (1 - self.alpha) * self.dice_loss(batch)
+
+
+class ComboPPLoss(ComboLoss):
+    """Combo++ (Yeung et al. 2022): Combo with DSC++ (``gamma_pp = 2``) in place of the Dice term."""
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma_pp: float = 2.0, batch_dice: bool = False,
+                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
+                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(alpha, beta, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based, ignore_label,
+                         deep_supervision_weights)
+
+
+class UnifiedFocalLoss(OverlapLoss):
+    r"""Unified Focal loss (Yeung et al. 2022 CMIG; DSC++ paper Eqs. 18-21), multi-class.
+
+    .. math:: L_{UF} = \lambda L_{aF} + (1-\lambda) L_{aFT}
+
+    **lambda convention**: as in the paper's Eq. 18, ``lambda_`` weights the (asymmetric) *focal* term. The
+    authors' code and MONAI's port apply it to the Focal Tversky term instead; with the default 0.5 both agree.
+
+    * :math:`L_{aF}` (Eq. 19), averaged over valid voxels: background voxels
+      :math:`-(1-\delta)(1-p_{bg})^\gamma \log p_{bg}`, foreground (rare) voxels :math:`-\delta \log p_{c}` --
+      every foreground class is "rare" in the multi-class case; regions: per region, ``y=1`` vs ``y=0``.
+    * :math:`L_{aFT}` (Eq. 20): :math:`TI_c = (TP + s)/(TP + \delta FN + (1-\delta) FP + s)`, background term
+      :math:`1 - TI_{bg}`, foreground terms :math:`(1 - TI_c)^{1-\gamma}`, averaged over terms. The background
+      term needs the background channel, so ``do_bg`` defaults to True here (softmax; regions have none).
+    * ``asymmetric=False``: the symmetric variant -- focal modulation :math:`(1-p)^\gamma` and the
+      :math:`(1-TI)^{1-\gamma}` enhancement on every class.
+
+    Defaults (Table 2): ``lambda_ = 0.5, delta = 0.6, gamma = 0.5``. ``gamma_pp = 2`` is Unified Focal++.
+    """
+    default_do_bg = True
+
+    def __init__(self, lambda_: float = 0.5, delta: float = 0.6, gamma: float = 0.5, asymmetric: bool = True,
+                 gamma_pp: float = 1.0, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
+                 ddp: bool = False, region_based: bool = False, ignore_label: Optional[int] = None,
+                 deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+        self.lambda_ = check_range("lambda_", lambda_, 0, 1)
+        self.delta = check_range("delta", delta, 0, 1)
+        self.gamma = check_range("gamma", gamma, 0, 1, high_open=True)
+        self.asymmetric = check_bool("asymmetric", asymmetric)
+        self._set_gamma_pp(gamma_pp)
+
+    def focal_term(self, batch: PreparedBatch) -> Tensor:
+        fg_gamma = 0.0 if self.asymmetric else self.gamma
+        nll = voxel_focal_nll(batch, fg_weight=self.delta, bg_weight=1 - self.delta, fg_gamma=fg_gamma,
+                              bg_gamma=self.gamma)
+        return Fn.masked_mean(nll, batch.mask)
+
+    def focal_tversky_term(self, batch: PreparedBatch) -> Tensor:
+        tp, fp, fn = self.stats(batch)
+        ti = Fn.tversky_index(tp, fp, fn, alpha=1 - self.delta, beta=self.delta, smooth=self.smooth)
+        # (1 - TI)^(1 - gamma) is the Focal Tversky term with exponent 1/gamma' = 1 - gamma
+        terms = Fn.focal_tversky_term(ti, 1 / (1 - self.gamma))
+        if self.asymmetric and not batch.region_based and self.do_bg:
+            terms = torch.cat([1 - ti[..., :1], terms[..., 1:]], dim=-1)  # the background term is not enhanced
+        return terms.mean()
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        return self.lambda_ * self.focal_term(batch) + (1 - self.lambda_) * self.focal_tversky_term(batch)
+
+
+class UnifiedFocalPPLoss(UnifiedFocalLoss):
+    """Unified Focal++ (Yeung et al. 2022): Unified Focal with DSC++'s FP/FN terms (``gamma_pp = 2``)."""
+
+    def __init__(self, lambda_: float = 0.5, delta: float = 0.6, gamma: float = 0.5, asymmetric: bool = True,
+                 gamma_pp: float = 2.0, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
+                 ddp: bool = False, region_based: bool = False, ignore_label: Optional[int] = None,
+                 deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(lambda_, delta, gamma, asymmetric, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based,
+                         ignore_label, deep_supervision_weights)

@@ -1,0 +1,67 @@
+"""Lovász losses (Berman et al. 2018): Lovász-softmax for label training, Lovász-hinge for regions."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .. import functional as Fn
+from ..base import SegmentationLoss, check_bool
+from ..inputs import PreparedBatch
+
+
+class LovaszLoss(SegmentationLoss):
+    r"""Lovász extension of the Jaccard loss, :math:`\bar\Delta_J(m) = \sum_k m_{\pi(k)} g_k(\pi)`.
+
+    * softmax (labels): Lovász-softmax, errors :math:`m_i = |y_{i,c} - p_{i,c}|` per class; with
+      ``only_present`` (Berman's ``classes='present'``) classes absent from the image (or batch) are skipped;
+    * sigmoid (regions): Lovász-hinge on the logits, errors :math:`m_i = \max(0, 1 - x_i s_i)`, ``s = 2y - 1``,
+      per region.
+
+    ``batch_dice=False`` is Berman's ``per_image=True`` (one extension per sample, averaged); ``batch_dice=True``
+    sorts all voxels of the batch together (all ranks' voxels with ``ddp=True``). ``do_bg`` (softmax only)
+    includes the background class. A perfect prediction gives exactly 0.
+    """
+
+    def __init__(self, batch_dice: bool = False, do_bg: bool = False, only_present: bool = True, ddp: bool = False,
+                 region_based: bool = False, ignore_label: Optional[int] = None,
+                 deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(region_based, ignore_label, deep_supervision_weights)
+        self.batch_dice = check_bool("batch_dice", batch_dice)
+        self.do_bg = check_bool("do_bg", do_bg)
+        self.only_present = check_bool("only_present", only_present)
+        self.ddp = check_bool("ddp", ddp)
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        c0 = batch.first_channel(self.do_bg)
+        fg = batch.onehot[:, c0:]
+        if batch.region_based:
+            errors = torch.relu(1 - batch.logits * (2 * fg - 1))  # relu before sorting: same order, Berman's value
+        else:
+            errors = (fg - batch.probs[:, c0:]).abs()
+        if batch.mask is not None:  # ignored voxels: error 0 and no foreground -> sorted last, contribute nothing
+            errors = errors * batch.mask
+            fg = fg * batch.mask
+        n_samples, n_channels = errors.shape[:2]
+        errors = errors.reshape(n_samples, n_channels, -1)
+        fg = fg.reshape(n_samples, n_channels, -1)
+        if self.batch_dice:
+            if self.ddp:
+                from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+                errors = AllGatherGrad.apply(errors).flatten(0, 1)
+                fg = AllGatherGrad.apply(fg).flatten(0, 1)
+            # one row per channel holding every voxel of the batch
+            errors = errors.transpose(0, 1).reshape(n_channels, -1)
+            fg = fg.transpose(0, 1).reshape(n_channels, -1)
+            losses = Fn.lovasz_extension(errors, fg).view(1, n_channels)
+            present = (fg.sum(1) > 0).view(1, n_channels)
+        else:
+            losses = Fn.lovasz_extension(errors.flatten(0, 1), fg.flatten(0, 1)).view(n_samples, n_channels)
+            present = fg.sum(2) > 0
+        if batch.region_based or not self.only_present:
+            return losses.mean()
+        # mean over present classes per image (0 for an image without any), then over images -- as Berman et al.
+        present = present.to(losses.dtype)
+        per_image = (losses * present).sum(1) / present.sum(1).clamp_min(1)
+        return per_image.mean()

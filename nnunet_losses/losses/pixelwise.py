@@ -1,0 +1,98 @@
+"""Distribution-based (per-voxel) losses: CE, weighted CE, Focal."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .. import functional as Fn
+from ..base import SegmentationLoss, check_range
+from ..inputs import PreparedBatch
+
+
+def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,
+                    fg_gamma: float = 0.0, bg_gamma: float = 0.0, class_weights: Optional[Tensor] = None) -> Tensor:
+    """Per-voxel weighted focal NLL in either training mode (the foreground/background view of both).
+
+    * softmax: categorical NLL; the background class (channel 0) gets ``bg_weight``/``bg_gamma``, every
+      foreground class ``fg_weight``/``fg_gamma`` (or ``class_weights`` for all C classes);
+    * sigmoid: per-region binary NLL; ``y = 1`` voxels get the foreground, ``y = 0`` the background parameters.
+
+    A two-class softmax and a one-region sigmoid with the same foreground logit give the same value.
+    """
+    if batch.region_based:
+        return Fn.binary_focal_nll(batch.log_probs, batch.log_one_minus_probs, batch.onehot,
+                                   fg_weight, bg_weight, fg_gamma, bg_gamma)
+    n_classes = batch.logits.shape[1]
+    if class_weights is None and (fg_weight != 1 or bg_weight != 1):
+        class_weights = torch.tensor([bg_weight] + [fg_weight] * (n_classes - 1))
+    gammas = None if (fg_gamma == 0 and bg_gamma == 0) else [bg_gamma] + [fg_gamma] * (n_classes - 1)
+    return Fn.categorical_focal_nll(batch.log_probs, batch.onehot, class_weights, gammas)
+
+
+class CrossEntropyLoss(SegmentationLoss):
+    r"""Cross-entropy, averaged over the non-ignored voxels.
+
+    softmax: :math:`-\frac1N \sum_i \log p_{i,t_i}`; sigmoid (regions):
+    :math:`-\frac{1}{NR}\sum_{i,r} y \log p + (1-y)\log(1-p)` (``torch``'s ``BCEWithLogitsLoss``).
+    """
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        return Fn.masked_mean(voxel_focal_nll(batch), batch.mask)
+
+
+class WeightedCrossEntropyLoss(SegmentationLoss):
+    r"""Cross-entropy weighted to balance classes by their priors (Bertels et al. 2019, Sect. 3).
+
+    softmax: weight :math:`1/(C p_c)` for class c (binary: :math:`1/(2p)` foreground, :math:`1/(2-2p)`
+    background); sigmoid: :math:`1/(2p_r)` for region voxels and :math:`1/(2-2p_r)` for the rest. The weighted
+    terms are averaged over voxels (not divided by the sum of weights, as ``torch``'s weighted mean would), so
+    the weights keep their meaning: every class contributes equally in expectation.
+
+    ``class_priors``: softmax, the frequency of each of the C classes (background first, sums to 1); regions,
+    the foreground frequency of each region. nnU-Net's trainer computes them from the training labels.
+    """
+
+    def __init__(self, class_priors: Sequence[float], region_based: bool = False,
+                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(region_based, ignore_label, deep_supervision_weights)
+        if class_priors is None:
+            raise ValueError("wce needs class_priors: the frequency of each class (labels, background first) or of "
+                             "each region's foreground (regions)")
+        self.class_priors = tuple(float(p) for p in class_priors)
+        weights, neg_weights = Fn.class_weights_from_priors(self.class_priors, region_based)
+        self.register_buffer("weights", weights.float(), persistent=False)
+        self.register_buffer("neg_weights", None if neg_weights is None else neg_weights.float(), persistent=False)
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        n = batch.logits.shape[1]
+        if len(self.class_priors) != n:
+            raise ValueError(f"wce has {len(self.class_priors)} class_priors but the network has {n} output channels")
+        if batch.region_based:
+            nll = voxel_focal_nll(batch, fg_weight=self.weights, bg_weight=self.neg_weights)
+        else:
+            nll = voxel_focal_nll(batch, class_weights=self.weights)
+        return Fn.masked_mean(nll, batch.mask)
+
+
+class FocalLoss(SegmentationLoss):
+    r"""Focal loss (Lin et al. 2017; Yeung et al. 2022, Eq. 2), averaged over non-ignored voxels.
+
+    .. math:: L_F = -\frac1N \sum_i \alpha_{t_i} (1 - p_{i,t_i})^\gamma \log p_{i,t_i}
+
+    ``alpha`` weights foreground classes/region voxels and ``1 - alpha`` background (``alpha=None``: no
+    weighting). Defaults are the DSC++ paper's Table 2 (alpha 0.5, gamma 2). Note: CE is gamma = 0 with
+    alpha = None (the paper says gamma = 1, a typo).
+    """
+
+    def __init__(self, alpha: Optional[float] = 0.5, gamma: float = 2.0, region_based: bool = False,
+                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
+        super().__init__(region_based, ignore_label, deep_supervision_weights)
+        self.alpha = None if alpha is None else check_range("alpha", alpha, 0, 1)
+        self.gamma = check_range("gamma", gamma, 0, float("inf"))
+
+    def compute(self, batch: PreparedBatch) -> Tensor:
+        fg, bg = (1.0, 1.0) if self.alpha is None else (self.alpha, 1 - self.alpha)
+        nll = voxel_focal_nll(batch, fg, bg, self.gamma, self.gamma)
+        return Fn.masked_mean(nll, batch.mask)
