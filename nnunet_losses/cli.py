@@ -1,36 +1,51 @@
-"""The package's single console command, ``nnunet-losses``, with one subcommand per tool."""
+"""The package's single console command, ``nnunet-losses``, with one subcommand per tool.
+
+Each tool registers its own subcommands: a module listed in ``SUBCOMMAND_MODULES`` defines
+``add_subcommands(subparsers)``, adding parsers whose ``func(args) -> int`` runs the tool. Modules are imported
+only when the command runs, so a tool's heavy imports do not slow down the others.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import sys
 from typing import List, Optional
+
+SUBCOMMAND_MODULES = [
+    "nnunet_losses.cli",  # losses
+]
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:
     from .registry import LOSSES, loss_arguments
     for name, (cls, paper) in LOSSES.items():
+        print(f"{name:18s} {cls.__name__:28s} {paper}")
         if args.verbose:
             defaults = ", ".join(f"{k}={'<required>' if v is inspect.Parameter.empty else v!r}"
                                  for k, v in loss_arguments(name).items())
-            print(f"{name:18s} {cls.__name__:28s} {paper}\n{'':18s} {defaults}")
-        else:
-            print(f"{name:18s} {cls.__name__:28s} {paper}")
+            print(f"{'':18s} {defaults}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-losses", description="Segmentation losses for nnU-Net v2.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("losses", help="list the available losses, their classes and papers")
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser("losses", help="list the available losses, their classes and papers")
     p.add_argument("-v", "--verbose", action="store_true", help="also print every argument with its default")
     p.set_defaults(func=_cmd_losses)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-losses",
+                                     description="Segmentation losses, trainers and evaluation for nnU-Net v2.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_subcommands(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
