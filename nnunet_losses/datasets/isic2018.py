@@ -1,0 +1,86 @@
+"""ISIC 2018 task 1 (ISIC2018_Task1-2_Training_Input/ISIC_NNNNNNN.jpg,
+ISIC2018_Task1_Training_GroundTruth/ISIC_NNNNNNN_segmentation.png).
+
+2594 dermoscopic JPEG images with binary lesion masks (0/255 PNG). JPEGs are decoded once and stored as PNG (nnU-Net
+refuses lossy formats). The validation and test inputs (``ISIC2018_Task1-2_{Validation,Test}_Input``), when inside
+SOURCE, go to imagesTs, with their ground truth (``ISIC2018_Task1_{Validation,Test}_GroundTruth``, released after
+the challenge) to labelsTs when present.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from .base import RGB_CHANNELS, Case, Converter, Variant, read_mask, read_rgb, visible_files, write_2d_case
+
+IMAGE_RE = re.compile(r"^ISIC_\d+\.jpe?g$", re.IGNORECASE)
+SPLITS = ("Training", "Validation", "Test")
+
+
+def input_dir(split: str) -> str:
+    return f"ISIC2018_Task1-2_{split}_Input"
+
+
+def truth_dir(split: str) -> str:
+    return f"ISIC2018_Task1_{split}_GroundTruth"
+
+
+class ISIC2018(Converter):
+    key = "isic2018"
+    title = "ISIC 2018 task 1"
+    dataset_name = "ISIC2018"
+    url = "https://challenge.isic-archive.com/data/#2018"
+    release = "ISIC 2018 task 1 training data (2594 images)"
+    citation = "Codella et al., arXiv:1902.03368 (2019); Tschandl et al., Sci. Data 5:180161 (2018)"
+    licence = "CC BY-NC 4.0 (see LICENSE.txt in the input archive)"
+    file_ending = ".png"
+    reader_writer = "NaturalImage2DIO"
+    variants = {"lesion": Variant("lesion", "", {"background": 0, "lesion": 1}, 553, "binary skin lesion",
+                                  binary=True)}
+    default_variant = default_binary = "lesion"
+
+    def channel_names(self):
+        return dict(RGB_CHANNELS)
+
+    def _split(self, source: Path, split: str, labels_required: bool, missing: List[str]) -> List[Case]:
+        images = [p for p in visible_files(source / input_dir(split), (".jpg", ".jpeg")) if IMAGE_RE.match(p.name)]
+        if not images:
+            missing.append(f"{input_dir(split)}/ISIC_NNNNNNN.jpg (no images)")
+        truth = source / truth_dir(split)
+        have_truth = truth.is_dir()
+        cases = []
+        for p in images:
+            case_id = p.name.rsplit(".", 1)[0]
+            label: Optional[Path] = truth / f"{case_id}_segmentation.png"
+            if not label.is_file():
+                if labels_required or have_truth:
+                    missing.append(f"{truth_dir(split)}/{case_id}_segmentation.png")
+                label = None
+            cases.append(Case(case_id, (p,), label))
+        if have_truth:
+            ids = {c.case_id for c in cases}
+            for m in visible_files(truth, ("_segmentation.png",)):
+                if m.name[: -len("_segmentation.png")] not in ids:
+                    missing.append(f"{input_dir(split)}/{m.name[: -len('_segmentation.png')]}.jpg")
+        return cases
+
+    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+        missing = [f"{d}/" for d in (input_dir("Training"), truth_dir("Training")) if not (source / d).is_dir()]
+        if missing:
+            raise self.layout_error(source, missing)
+        train = self._split(source, "Training", True, missing)
+        test: List[Case] = []
+        for split in SPLITS[1:]:
+            if (source / input_dir(split)).is_dir():
+                test += self._split(source, split, False, missing)
+        if missing:
+            raise self.layout_error(source, missing)
+        return train, test
+
+    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+        mask = read_mask(case.label) if case.label is not None and labels_dir is not None else None
+        write_2d_case(read_rgb(case.images[0]), mask, case.case_id, images_dir, labels_dir, case.images[0], case.label)
+
+
+CONVERTER = ISIC2018
