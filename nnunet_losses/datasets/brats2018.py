@@ -105,8 +105,10 @@ class BraTS2018(Converter):
                 copy_BraTS_segmentation_and_convert_labels_to_nnUNet
             try:
                 copy_BraTS_segmentation_and_convert_labels_to_nnUNet(str(case.label), str(dst))
-            except RuntimeError as e:  # nnU-Net raises a bare 'unexpected label'
-                raise SourceDataError(f"{case.label}: {e}; the official labels are {list(BRATS_LABELS)}") from e
+            except RuntimeError as e:  # nnU-Net raises a bare 'unexpected label': name the file and values
+                import SimpleITK as sitk
+                check_label_values(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), BRATS_LABELS, case.label)
+                raise
             return
         import SimpleITK as sitk
         img = sitk.ReadImage(str(case.label))
