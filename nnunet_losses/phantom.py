@@ -266,24 +266,24 @@ def add_subcommands(subparsers) -> None:
                     "uncertain sub-regions (each drawn into the reference with probability p, independently per "
                     "case; all shown at the same intensity) and background, plus a sidecar phantom.json with every "
                     "case's expected and drawn volume and its probability map. Never overwrites a dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-d", type=int, required=True, help="dataset id (1-999)")
-    p.add_argument("--name", default=None, help="dataset name (default Phantom{Variant}{dim}D)")
-    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
-    p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2D (single-slice) or 3D images")
+    )
+    p.add_argument("-d", type=int, required=True, help="dataset id (1-999), required")
+    p.add_argument("--name", default=None, help="dataset name [Phantom{Variant}{dim}D]")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder [$nnUNet_raw]")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2D (single-slice, default) or 3D images")
     p.add_argument("--variant", choices=VARIANTS, default="regions",
-                   help="'regions': N independent ring sectors; 'voxel': every voxel drawn from a blurred map")
-    p.add_argument("-p", type=float, default=0.5, help="probability that an uncertain sub-region is structure")
-    p.add_argument("-N", type=int, default=4, help="number of independent uncertain sub-regions")
-    p.add_argument("--mu", type=float, default=1.0, help="uncertain volume / certain core volume")
-    p.add_argument("--n-cases", type=int, default=20, help="number of training cases")
+                   help="'regions' (default): N independent ring sectors; 'voxel': every voxel drawn from a blurred map")
+    p.add_argument("-p", type=float, default=0.5, help="probability that an uncertain sub-region is structure [0.5]")
+    p.add_argument("-N", type=int, default=4, help="number of independent uncertain sub-regions [4]")
+    p.add_argument("--mu", type=float, default=1.0, help="uncertain volume / certain core volume [1]")
+    p.add_argument("--n-cases", type=int, default=20, help="number of training cases [20]")
     p.add_argument("--shape", type=int, nargs="+", default=None, help="image size: H W (2D) or Z Y X (3D) "
-                   "[default 64 64 / 32 32 32]")
+                   "[64 64 / 32 32 32]")
     p.add_argument("--spacing", type=float, nargs="+", default=None,
-                   help="voxel spacing in mm, array order: Y X or Z Y X (2D: Z is the slice thickness) [default 1]")
+                   help="voxel spacing in mm, array order: Y X or Z Y X (2D: Z is the slice thickness) [1 1 1]")
     p.add_argument("--radius", type=float, nargs=2, default=(6.0, 10.0), metavar=("MIN", "MAX"),
-                   help="core radius range in mm (uniform per case)")
-    p.add_argument("--noise", type=float, default=0.1, help="sd of the Gaussian image noise")
-    p.add_argument("--blur", type=float, default=1.5, help="voxel variant: sd (mm) of the probability map's blur")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+                   help="core radius range in mm, uniform per case [6 10]")
+    p.add_argument("--noise", type=float, default=0.1, help="sd of the Gaussian image noise [0.1]")
+    p.add_argument("--blur", type=float, default=1.5, help="voxel variant: sd (mm) of the probability map's blur [1.5]")
+    p.add_argument("--seed", type=int, default=0, help="random seed [0]")
     p.set_defaults(func=_cmd_phantom)

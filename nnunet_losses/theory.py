@@ -413,9 +413,9 @@ def add_subcommands(subparsers) -> None:
         description="Prints, for every N (sub-regions) and mu (uncertain/certain volume ratio), the p at which the "
                     "soft-Dice-optimal prediction flips from 0 to 1 and the largest volume bias, all computed as "
                     "exact expectations; optionally draws seed 001's Fig. 1 to a PNG.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-o", "--output", default=None, help="write Fig. 1 to this PNG (e.g. docs/figures/theory_fig1.png)")
-    p.add_argument("-N", "--n", type=int, nargs="+", default=list(FIG1_N), help="numbers of sub-regions (rows)")
-    p.add_argument("--mu", type=float, nargs="+", default=list(FIG1_MU), help="volume ratios mu (columns/colours)")
-    p.add_argument("--dpi", type=int, default=80, help="PNG resolution")
+    )
+    p.add_argument("-o", "--output", default=None, help="write Fig. 1 to this PNG (e.g. docs/figures/theory_fig1.png); default: no figure")
+    p.add_argument("-N", "--n", type=int, nargs="+", default=list(FIG1_N), help="numbers of sub-regions (rows) [1 4 16]")
+    p.add_argument("--mu", type=float, nargs="+", default=list(FIG1_MU), help="volume ratios mu (columns/colours) [0.25 1 4]")
+    p.add_argument("--dpi", type=int, default=80, help="PNG resolution [80]")
     p.set_defaults(func=_cmd_theory)
