@@ -1,0 +1,184 @@
+"""Subcommands ``nnunet-losses evaluate``, ``compare`` and ``threshold`` (registered in nnunet_losses/cli.py).
+
+Why three: ``evaluate`` is the expensive pass over every probability file of one model; ``compare`` only reads
+the per-case tables of two or more evaluations (re-run it with other models or settings in seconds);
+``threshold`` writes new label maps (a different kind of output, checked against nnU-Net's own export).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
+from .stats import DEFAULT_N_BOOT, DEFAULT_SEED
+
+_INPUT_HELP = ("Input: a trainer folder (nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration; every "
+               "fold_N/validation is read), one or more fold folders of one trainer, or a prediction folder of "
+               "nnUNetv2_predict --save_probabilities (then -ref is required).")
+
+
+def _add_input_args(p: argparse.ArgumentParser, references: bool) -> None:
+    g = p.add_argument_group("input (either -i, or -d/-c/-tr/-p to locate the trainer folder in nnUNet_results)")
+    g.add_argument("-i", nargs="+", metavar="FOLDER", help=_INPUT_HELP)
+    g.add_argument("-d", metavar="DATASET", help="dataset name or id (with -c): the trainer folder in nnUNet_results")
+    g.add_argument("-c", metavar="CONFIGURATION", help="configuration, e.g. 3d_fullres (with -d)")
+    g.add_argument("-tr", metavar="TRAINER", default="nnUNetTrainer", help="trainer class (with -d). Default: "
+                                                                           "nnUNetTrainer")
+    g.add_argument("-p", metavar="PLANS", default="nnUNetPlans", help="plans identifier (with -d). Default: nnUNetPlans")
+    g.add_argument("-f", nargs="+", metavar="FOLD", help="only these folds (0 1 2 3 4 or all). Default: every numeric "
+                                                          "fold_N present; fold_all only when asked for")
+    if references:
+        g.add_argument("-ref", metavar="FOLDER", help="reference segmentations. Default for trainer/fold folders: "
+                                                     "nnUNet_preprocessed/<dataset>/gt_segmentations")
+    g.add_argument("-djfile", metavar="FILE", help="dataset.json. Default: the one in the trainer/prediction folder")
+    g.add_argument("-pfile", metavar="FILE", help="plans.json. Default: the one in the trainer/prediction folder")
+
+
+def _inputs(args) -> list:
+    if args.i and args.d:
+        raise SystemExit("give either -i or -d/-c, not both")
+    if args.i:
+        return args.i
+    if args.d and args.c:
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+        try:
+            return [get_output_folder(args.d, args.tr, args.p, args.c)]
+        except (RuntimeError, ValueError) as e:
+            from .errors import EvaluationError
+            raise EvaluationError(f"cannot locate dataset {args.d} in nnUNet_results/nnUNet_raw/nnUNet_preprocessed "
+                                  f"({e})") from None
+    raise SystemExit("an input is required: -i FOLDER, or -d DATASET -c CONFIGURATION [-tr TRAINER] [-p PLANS]")
+
+
+def _run(func, args, prog: str) -> int:
+    from .errors import EvaluationError
+    try:
+        return func(args)
+    except EvaluationError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(f"{prog}: error: {e.code}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _fmt(v) -> str:
+    return "NaN" if v != v else f"{v:.4f}"
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+    s = evaluate(_inputs(args), args.o, reference_folder=args.ref, folds=args.f, dataset_json=args.djfile,
+                 plans=args.pfile, n_bins=args.bins, thresholds=args.thresholds, eps=args.eps, num_processes=args.np,
+                 chill=args.chill, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet,
+                 name=args.name)
+    cal = s["calibration"]["pooled"]
+    print(f"{s['n_cases']} cases of {s['name']}: foreground mean Dice {_fmt(s['foreground_mean']['Dice'])}, "
+          f"soft Dice {_fmt(s['foreground_mean']['soft_Dice'])}, dV {_fmt(s['foreground_mean']['dV'])} "
+          f"{s['volume_unit']}; NLL {_fmt(cal['NLL'])}, Brier {_fmt(cal['Brier'])}, ECE {_fmt(cal['ECE'])}")
+    for k, e in s["threshold_sweep"]["per_class"].items():
+        print(f"  class {k}: Dice {_fmt(s['mean'][k]['Dice'])} (NaN in {s['nan_counts'][k]['Dice']} of "
+              f"{s['n_cases']} cases), best T {e['best_threshold']} -> Dice {_fmt(e['best_Dice_mean'])}")
+    print(f"written to {s['output_folder']}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare
+    r = compare(args.i, args.o, names=args.names, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha,
+                common_cases=args.common_cases, overwrite=args.overwrite, plots=not args.no_plots)
+    n_sig = sum(1 for x in r["paired"] if x["p_bootstrap_holm"] < args.alpha)
+    biased = [f"{x['model']} {x['metric']} class {x['class']}: {x['bias']}" for x in r["volume_bias"] if x["bias"]]
+    print(f"{len(r['models'])} models on {r['n_cases']} common cases: {n_sig} of {len(r['paired'])} paired "
+          f"differences significant (Holm-adjusted bootstrap p < {args.alpha})")
+    for b in biased:
+        print(f"  volume bias: {b}")
+    print(f"written to {r['output_folder']}")
+    return 0
+
+
+def _cmd_threshold(args) -> int:
+    from .export import export_thresholded
+    info = export_thresholded(_inputs(args), args.o, thresholds=args.t, best_from=args.best_from,
+                              nnunet_rule=args.nnunet, folds=args.f, dataset_json=args.djfile, plans=args.pfile,
+                              num_processes=args.np, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{info['n_cases']} label maps ({info['rule']}"
+          f"{', ' + str(info['thresholds']) if 'thresholds' in info else ''}) written to {info['output_folder']}")
+    return 0
+
+
+def add_subcommands(subparsers) -> None:
+    # ---------------------------------------------------------------------------------------------- evaluate
+    p = subparsers.add_parser(
+        "evaluate",
+        help="volume bias, overlap, calibration, threshold sweep of one model's probabilities (npz)",
+        description="Evaluate one model's saved probabilities (nnUNetv2_train ... --npz, or nnUNetv2_predict "
+                    "--save_probabilities) against the reference segmentations: Dice/IoU/soft Dice, volumes and "
+                    "volume error (hard and soft, in ml), NLL/Brier/ECE and reliability diagrams, a threshold "
+                    "sweep with the best threshold per class, Dice per reference-size decile. Writes "
+                    "summary.json (nnU-Net's schema, extended), per_case.csv, threshold_sweep.csv, "
+                    "size_deciles.csv, reliability.csv, summary.md and PNG plots into -o. "
+                    "See docs/evaluation.md.")
+    _add_input_args(p, references=True)
+    p.add_argument("-o", required=True, metavar="FOLDER",
+                   help="output folder (not inside nnU-Net's folders; created; existing files only replaced with "
+                        "--overwrite)")
+    p.add_argument("-np", type=int, default=1, metavar="N", help="worker processes (cases in parallel). Default: 1")
+    p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="equal-width calibration bins (ECE, reliability). Default: 15")
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
+                   help="thresholds of the sweep (p > T). Default: 0.05 0.10 ... 0.95")
+    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="NLL clips probabilities at eps: -log(max(p, eps)). Default: float32 machine epsilon "
+                        "(1.19e-7, as scikit-learn's log_loss for float32)")
+    p.add_argument("--name", help="model name in outputs and comparisons. Default: the trainer/prediction folder name")
+    p.add_argument("--chill", action="store_true",
+                   help="prediction folder only: evaluate the predicted cases even if some references have none")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=lambda a: _run(_cmd_evaluate, a, "nnunet-losses evaluate"))
+
+    # ---------------------------------------------------------------------------------------------- compare
+    p = subparsers.add_parser(
+        "compare",
+        help="paired comparison of evaluated models (bootstrap CI/p, Wilcoxon, Holm; Table-1 style)",
+        description="Compare two or more models evaluated with `nnunet-losses evaluate` on the same cases: "
+                    "per-model means with significant volume under-/over-estimation flagged, and for every pair "
+                    "the mean difference with a bootstrap confidence interval and p-value and the Wilcoxon "
+                    "signed-rank p-value for Dice, soft Dice, dV, |dV|, NLL, Brier and ECE, Holm-corrected "
+                    "across classes. Writes comparison.md, comparison.csv, volume_bias.csv, comparison.json and "
+                    "volume_error_per_trainer.png into -o.")
+    p.add_argument("-i", nargs="+", required=True, metavar="EVALUATION",
+                   help="evaluation output folders (or their summary.json), two or more")
+    p.add_argument("-o", required=True, metavar="FOLDER", help="output folder")
+    p.add_argument("--names", nargs="+", help="model names, one per input. Default: the names stored by evaluate")
+    p.add_argument("--n_boot", type=int, default=DEFAULT_N_BOOT, help="bootstrap resamples. Default: 10000")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed. Default: 0")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (after Holm). Default: 0.05")
+    p.add_argument("--common_cases", action="store_true",
+                   help="compare on the cases common to all evaluations instead of refusing different case sets")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no_plots", action="store_true", help="skip the PNG plot")
+    p.set_defaults(func=lambda a: _run(_cmd_compare, a, "nnunet-losses compare"))
+
+    # ---------------------------------------------------------------------------------------------- threshold
+    p = subparsers.add_parser(
+        "threshold",
+        help="write thresholded label maps in the original geometry (challenge submission)",
+        description="Turn saved probabilities into label maps with per-class thresholds and write them with the "
+                    "dataset's reader/writer and each case's .pkl properties (spacing, origin, direction as "
+                    "nnU-Net's own export). --nnunet reproduces nnU-Net's export voxel for voxel. Writes "
+                    "<case><file_ending> files and thresholds.json into -o.")
+    _add_input_args(p, references=False)
+    p.add_argument("-o", required=True, metavar="FOLDER", help="output folder (not inside nnU-Net's folders)")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("-t", type=float, nargs="+", metavar="T",
+                      help="one threshold for all classes, or one per class in dataset.json order (p > T)")
+    rule.add_argument("--best_from", metavar="EVALUATION",
+                      help="use the best threshold per class of this evaluation's sweep (folder or summary.json)")
+    rule.add_argument("--nnunet", action="store_true", help="nnU-Net's own rule (argmax / p > 0.5 for regions)")
+    p.add_argument("-np", type=int, default=1, metavar="N", help="worker processes. Default: 1")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=lambda a: _run(_cmd_threshold, a, "nnunet-losses threshold"))

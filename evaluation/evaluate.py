@@ -1,0 +1,211 @@
+"""``evaluate``: one model's probabilities against the references -> summary.json, CSV tables, plots.
+
+Each case is read once (probabilities + reference), reduced to the fixed-size :class:`~.accumulate.CaseStats`
+and dropped; with one process the next case is read in a background thread while the current one is reduced
+(at most two cases in memory), with ``num_processes > 1`` cases are spread over worker processes.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
+from .errors import EvaluationError
+from .inputs import Case, Source, find_cases, load_probabilities, load_properties, load_reference, voxel_volume
+from .metrics import (CALIBRATION_METRICS, case_metrics, dice_jaccard_check, means, nan_stats, pooled_calibration,
+                      size_deciles, threshold_sweep)
+from .spec import TaskSpec
+
+OUTPUT_FILES = ("summary.json", "per_case.csv", "threshold_sweep.csv", "size_deciles.csv", "reliability.csv",
+                "summary.md")
+PLOT_FILES = ("reliability_diagram.png", "dice_vs_threshold.png", "dice_vs_size_decile.png", "volume_error.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per case (runs in worker processes too)
+# ---------------------------------------------------------------------------------------------------------------
+def _hint(source_description: dict, case: Case) -> str:
+    d = source_description
+    if d.get("mode") == "trainer":
+        return (f"rerun `nnUNetv2_train {d['dataset']} {d['configuration']} {case.fold} -tr {d['trainer']} "
+                f"-p {d['plans']} --val --npz`")
+    return "rerun `nnUNetv2_predict ... --save_probabilities`"
+
+
+def load_case(case: Case, reader_writer_class, hint: str):
+    probs = load_probabilities(case.npz, hint)
+    ref, ref_props = load_reference(case.reference, reader_writer_class())
+    props = load_properties(case.pkl)
+    return probs, ref, ref_props, props
+
+
+def _check_geometry(case: Case, ref_props: dict, props: Optional[dict]) -> None:
+    if props is None:
+        return
+    a, b = props.get("spacing"), ref_props.get("spacing")
+    if a is not None and b is not None and (len(a) != len(b) or not np.allclose(a, b, rtol=1e-4, atol=1e-6)):
+        raise EvaluationError(f"{case.pkl}: spacing {list(map(float, a))} differs from the reference "
+                              f"{case.reference} ({list(map(float, b))}); prediction and reference are not the "
+                              f"same image")
+    sa, sb = props.get("sitk_stuff"), ref_props.get("sitk_stuff")
+    if isinstance(sa, dict) and isinstance(sb, dict):
+        for k in ("origin", "direction"):
+            if k in sa and k in sb and (len(sa[k]) != len(sb[k]) or not np.allclose(sa[k], sb[k], atol=1e-3)):
+                raise EvaluationError(f"{case.pkl}: image {k} {tuple(sa[k])} differs from the reference "
+                                      f"{case.reference} ({tuple(sb[k])}); prediction and reference are not "
+                                      f"the same image")
+
+
+def reduce_case(loaded, case: Case, spec: TaskSpec, grid: BinGrid, eps: float) -> dict:
+    probs, ref, ref_props, props = loaded
+    _check_geometry(case, ref_props, props)
+    stats = accumulate_case(probs, ref, spec, grid, eps, name=str(case.npz), reference_name=str(case.reference))
+    spacing = [float(s) for s in ref_props.get("spacing", [1.0] * ref.ndim)]
+    vv, unit, is2d = voxel_volume(spacing, ref.shape)
+    return {"stats": stats, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
+            "shape": [int(s) for s in ref.shape]}
+
+
+_W: dict = {}
+
+
+def _init_worker(spec, grid, eps, rw_class, description):
+    _W.update(spec=spec, grid=grid, eps=eps, rw=rw_class, description=description)
+
+
+def _work(item):
+    i, case = item
+    loaded = load_case(case, _W["rw"], _hint(_W["description"], case))
+    return i, reduce_case(loaded, case, _W["spec"], _W["grid"], _W["eps"])
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="case", file=sys.stderr, dynamic_ncols=True)
+
+
+def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
+                 progress: bool = False) -> List[dict]:
+    cases = source.cases
+    results: List[Optional[dict]] = [None] * len(cases)
+    with _progress(len(cases), progress, f"evaluating {source.name}") as bar:
+        if num_processes > 1 and len(cases) > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(num_processes, len(cases)), initializer=_init_worker,
+                          initargs=(source.spec, grid, eps, source.reader_writer_class, source.description)) as pool:
+                for i, res in pool.imap_unordered(_work, list(enumerate(cases))):
+                    results[i] = res
+                    bar.update()
+        else:
+            rw = source.reader_writer_class
+            with ThreadPoolExecutor(max_workers=1) as ex:  # read the next case while reducing this one
+                fut = ex.submit(load_case, cases[0], rw, _hint(source.description, cases[0])) if cases else None
+                for i, case in enumerate(cases):
+                    loaded = fut.result()
+                    if i + 1 < len(cases):
+                        fut = ex.submit(load_case, cases[i + 1], rw, _hint(source.description, cases[i + 1]))
+                    results[i] = reduce_case(loaded, case, source.spec, grid, eps)
+                    del loaded
+                    bar.update()
+    return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------------------------------
+def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float) -> dict:
+    spec = source.spec
+    keys = spec.keys
+    units = {r["unit"] for r in results}
+    if len(units) > 1:
+        raise EvaluationError(f"{source.name}: 2D and 3D images mixed ({sorted(units)}); nnU-Net datasets are one "
+                              f"or the other")
+    unit = units.pop() if units else "ml"
+    per_case = []
+    stats: List[CaseStats] = []
+    for case, r in zip(source.cases, results):
+        m, cal = case_metrics(r["stats"], spec, r["voxel_volume"])
+        per_case.append({"reference_file": str(case.reference), "prediction_file": str(case.npz), "case": case.name,
+                         "fold": case.fold, "metrics": m, "calibration": cal, "n_voxels": r["stats"].n_valid,
+                         "n_ignored": r["stats"].n_ignored, "n_clipped": r["stats"].n_clipped,
+                         "voxel_volume": r["voxel_volume"], "spacing": r["spacing"], "shape": r["shape"]})
+        stats.append(r["stats"])
+    mean, fg, nan_counts = means(per_case, keys)
+    per_fold = {}
+    for fold in sorted({c["fold"] for c in per_case if c["fold"] is not None}, key=str):
+        rows = [c for c in per_case if c["fold"] == fold]
+        fm, ffg, _ = means(rows, keys)
+        per_fold[str(fold)] = {"n_cases": len(rows), "mean": fm, "foreground_mean": ffg,
+                               "calibration_mean": {k: nan_stats([c["calibration"][k] for c in rows])["mean"]
+                                                    for k in CALIBRATION_METRICS}}
+    empty = {}
+    for k in keys:
+        rows = [c["metrics"][k] for c in per_case]
+        empty[k] = {"n_cases": len(rows),
+                    "n_empty_reference": sum(1 for r in rows if r["n_ref"] == 0),
+                    "n_empty_prediction": sum(1 for r in rows if r["n_pred"] == 0),
+                    "n_empty_reference_and_prediction": sum(1 for r in rows if r["n_ref"] == 0 and r["n_pred"] == 0),
+                    "note": "Dice/IoU of empty reference and prediction are NaN (nnU-Net's convention) and left out "
+                            "of the means; see nan_counts"}
+    summary = {
+        "metric_per_case": per_case,
+        "mean": mean,
+        "foreground_mean": fg,
+        "nan_counts": nan_counts,
+        "empty_cases": empty,
+        "per_fold": per_fold,
+        "calibration": {"pooled": pooled_calibration(stats, spec, grid),
+                        "per_case": {k: nan_stats([c["calibration"][k] for c in per_case]) for k in CALIBRATION_METRICS}},
+        "threshold_sweep": threshold_sweep(stats, spec, grid),
+        "size_deciles": size_deciles(per_case, keys),
+        "dice_jaccard": dice_jaccard_check(per_case, keys),
+        "volume_unit": unit,
+        "n_cases": len(per_case),
+        "name": source.name,
+        "source": source.description,
+        "task": {"type": "regions" if spec.has_regions else "labels", "classes": keys,
+                 "channels": [str(c) for c in spec.channels], "ignore_label": spec.ignore_label,
+                 "regions_class_order": list(spec.regions_class_order) if spec.regions_class_order else None,
+                 "hard_map": ("sequential p > 0.5 overwrite in regions_class_order" if spec.has_regions
+                              else "argmax over channels")},
+        "settings": {"n_bins": grid.n_bins, "thresholds": list(grid.thresholds), "eps": eps,
+                     "fine_grid_resolution": grid.resolution},
+    }
+    return summary
+
+
+def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Optional[Sequence] = None,
+             dataset_json=None, plans=None, n_bins: int = DEFAULT_BINS,
+             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, eps: float = DEFAULT_EPS, num_processes: int = 1,
+             chill: bool = False, overwrite: bool = False, plots: bool = True, progress: bool = False,
+             name: Optional[str] = None) -> dict:
+    """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
+
+    ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
+    """
+    from .outputs import AtomicFolder, check_destination
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    grid = BinGrid(n_bins, tuple(thresholds))
+    source = find_cases(inputs, reference_folder, [str(f) for f in folds] if folds else None, dataset_json, plans,
+                        chill)
+    if name:
+        source.name = name
+    dest = None
+    if output_folder is not None:
+        dest = check_destination(Path(output_folder), source.protected, overwrite,
+                                 list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
+    results = reduce_cases(source, grid, eps, num_processes, progress)
+    summary = build_summary(source, results, grid, eps)
+    if dest is not None:
+        from .report import write_evaluation
+        with AtomicFolder(dest) as tmp:
+            write_evaluation(summary, tmp, plots=plots)
+        summary["output_folder"] = str(dest)
+    return summary

@@ -1,0 +1,139 @@
+"""PNG plots (matplotlib, Agg backend -- no display needed)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _grid(n: int):
+    cols = min(n, 3)
+    rows = int(math.ceil(n / cols))
+    return rows, cols
+
+
+def reliability_diagram(summary: dict, path: Path) -> None:
+    plt = _plt()
+    pooled = summary["calibration"]["pooled"]
+    edges = np.asarray(pooled["bin_edges"])
+    curves = []
+    if "top_label" in pooled:
+        curves.append(("top-label confidence", pooled["top_label"], pooled["ECE"]))
+    for k, v in pooled["per_channel"].items():
+        curves.append((f"channel {k} (one-vs-rest)", v, v["ECE"]))
+    rows, cols = _grid(len(curves))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1:] - edges[:-1]
+    for ax, (title, t, ece) in zip(axes.ravel(), curves):
+        freq = np.asarray(t["observed_frequency"], dtype=float)
+        conf = np.asarray(t["mean_probability"], dtype=float)
+        ax.bar(centers, np.nan_to_num(freq), width=width, edgecolor="k", alpha=0.7, label="observed frequency")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ok = ~np.isnan(conf)
+        ax.plot(conf[ok], freq[ok], "o-", color="C3", ms=3, label="mean p in bin")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency",
+               title=f"{title}\nECE = {ece:.4f}")
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes.ravel()[len(curves):]:
+        ax.axis("off")
+    fig.suptitle(f"Reliability diagrams, {summary['name']} (all voxels, {pooled['n_voxels']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def dice_vs_threshold(summary: dict, path: Path) -> None:
+    plt = _plt()
+    sw = summary["threshold_sweep"]
+    t = np.asarray(sw["thresholds"])
+    items = list(sw["per_class"].items())
+    rows, cols = _grid(len(items))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.8 * rows), squeeze=False)
+    for ax, (k, e) in zip(axes.ravel(), items):
+        ax.plot(t, e["Dice_mean"], "o-", label="Dice (mean over cases)")
+        ax.plot(t, e["Dice_pooled"], "s--", ms=3, label="Dice (pooled)")
+        ax.plot(t, e["precision"], ":", label="precision (pooled)")
+        ax.plot(t, e["recall"], "-.", label="recall (pooled)")
+        if e["best_threshold"] == e["best_threshold"]:
+            ax.axvline(e["best_threshold"], color="gray", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="threshold T (p > T)", title=f"class {k}, best T = {e['best_threshold']}")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(items):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def dice_vs_size_decile(summary: dict, path: Path) -> None:
+    plt = _plt()
+    items = list(summary["size_deciles"].items())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, e in items:
+        if e["n_cases"]:
+            x = np.arange(1, len(e["n_cases"]) + 1)
+            ax.plot(x, e["Dice_mean"], "o-", label=f"class {k} (Dice)")
+            ax.plot(x, e["soft_Dice_mean"], "x:", label=f"class {k} (soft Dice)")
+    ax.set(xlabel=f"reference size group (deciles of V_ref, small -> large)", ylabel="mean Dice", ylim=(0, 1.02),
+           title=f"Dice vs reference size, {summary['name']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def volume_error(summary: dict, path: Path) -> None:
+    plt = _plt()
+    keys = list(summary["mean"].keys())
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(keys) + 2), 4))
+    data, labels = [], []
+    for k in keys:
+        for f, lab in (("dV", "hard"), ("dV_soft", "soft")):
+            vals = [c["metrics"][k][f] for c in summary["metric_per_case"]]
+            data.append([v for v in vals if v == v])
+            labels.append(f"{k}\n{lab}")
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(ylabel=f"dV = V_pred - V_ref ({summary['volume_unit']})", title=f"Volume error, {summary['name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluation_plots(summary: dict, folder: Path) -> None:
+    reliability_diagram(summary, folder / "reliability_diagram.png")
+    dice_vs_threshold(summary, folder / "dice_vs_threshold.png")
+    dice_vs_size_decile(summary, folder / "dice_vs_size_decile.png")
+    volume_error(summary, folder / "volume_error.png")
+
+
+def volume_error_per_trainer(per_trainer: Dict[str, Dict[str, List[float]]], unit: str, path: Path,
+                             field: str = "dV") -> None:
+    """``per_trainer[name][class key]`` = per-case dV values; one panel per class, one box per trainer."""
+    plt = _plt()
+    names = list(per_trainer)
+    keys = list(next(iter(per_trainer.values())).keys()) if names else []
+    rows, cols = _grid(max(1, len(keys)))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4, 1.3 * len(names) + 2) * cols, 4 * rows), squeeze=False)
+    for ax, k in zip(axes.ravel(), keys):
+        data = [[v for v in per_trainer[n][k] if v == v] for n in names]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=7)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(title=f"class {k}", ylabel=f"{field} ({unit})")
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
