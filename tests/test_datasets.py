@@ -346,3 +346,18 @@ def test_nnunet_integrity_check_rejects_a_broken_dataset(tmp_path, nnunet_dirs):
     Image.fromarray(np.full(R.SIZE2, 2, np.uint8)).save(out / "labelsTr" / "21_training.png")
     with pytest.raises(RuntimeError, match="unexpected labels"):
         verify_raw_dataset(out)
+
+
+
+@pytest.mark.parametrize("key", ["brats2018", "isles2017", "dsb2018"])
+def test_work_items_pickle_for_worker_processes(key, tmp_path, nnunet_dirs):
+    """With num_processes > 1 every (converter, case) goes to a spawn pool, so both must survive pickling."""
+    import pickle
+    from nnunet_losses.datasets.base import _convert_one
+    rep = R.MAKERS[key](tmp_path / "download")
+    converter = get_converter(key)
+    train, _ = converter.find_cases(rep.source)
+    (tmp_path / "i").mkdir(), (tmp_path / "l").mkdir()
+    job = pickle.loads(pickle.dumps((converter, train[0], str(tmp_path / "i"), str(tmp_path / "l"))))
+    _convert_one(*job)
+    assert len(list((tmp_path / "l").iterdir())) == 1 and len(list((tmp_path / "i").iterdir())) >= 1
