@@ -1,6 +1,7 @@
 """Base class shared by every loss: input handling, deep supervision and argument validation."""
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Sequence
 
@@ -12,11 +13,12 @@ from .inputs import PreparedBatch, prepare_batch
 
 def check_range(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False):
     """Raise a one-line ``ValueError`` unless ``low <= value <= high`` (open ends where requested)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    # finite only: inf passes an open-ended range like [0, inf] but makes the losses NaN (smooth=inf: inf/inf)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or math.isinf(high) else ']'}"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
 

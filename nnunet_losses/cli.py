@@ -26,7 +26,7 @@ def _cmd_losses(args: argparse.Namespace) -> int:
     for name, (cls, paper) in LOSSES.items():
         print(f"{name:18s} {cls.__name__:28s} {paper}")
         if args.verbose:
-            defaults = ", ".join(f"{k}={'<required>' if v is inspect.Parameter.empty else v!r}"
+            defaults = ", ".join(f"{k}={'<required>' if v is inspect.Parameter.empty else repr(v)}"
                                  for k, v in loss_arguments(name).items())
             print(f"{'':18s} {defaults}")
     return 0

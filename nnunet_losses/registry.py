@@ -58,4 +58,7 @@ def get_loss(name: str, **kwargs) -> SegmentationLoss:
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"loss {name!r} does not accept {', '.join(unknown)}; valid arguments: {', '.join(valid)}")
+    missing = [k for k, default in valid.items() if default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ValueError(f"loss {name!r} needs {', '.join(missing)}; valid arguments: {', '.join(valid)}")
     return loss_class(name)(**kwargs)
