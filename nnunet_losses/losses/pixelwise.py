@@ -26,7 +26,9 @@ def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_we
                                    fg_weight, bg_weight, fg_gamma, bg_gamma)
     n_classes = batch.logits.shape[1]
     if class_weights is None and (fg_weight != 1 or bg_weight != 1):
-        class_weights = torch.tensor([bg_weight] + [fg_weight] * (n_classes - 1))
+        # float64 (Python floats are doubles): _channel_weight casts to the compute dtype, so float64 losses
+        # are not limited to float32-rounded weights (delta = 0.6 would become 0.6000000238)
+        class_weights = torch.tensor([bg_weight] + [fg_weight] * (n_classes - 1), dtype=torch.float64)
     gammas = None if (fg_gamma == 0 and bg_gamma == 0) else [bg_gamma] + [fg_gamma] * (n_classes - 1)
     return Fn.categorical_focal_nll(batch.log_probs, batch.onehot, class_weights, gammas)
 
@@ -69,10 +71,13 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         n = batch.logits.shape[1]
         if len(self.class_priors) != n:
             raise ValueError(f"wce has {len(self.class_priors)} class_priors but the network has {n} output channels")
+        weights, neg_weights = self.weights, self.neg_weights
+        if batch.logits.dtype == torch.float64:  # the float32 buffers are rounded: use exact weights in float64
+            weights, neg_weights = Fn.class_weights_from_priors(self.class_priors, batch.region_based)
         if batch.region_based:
-            nll = voxel_focal_nll(batch, fg_weight=self.weights, bg_weight=self.neg_weights)
+            nll = voxel_focal_nll(batch, fg_weight=weights, bg_weight=neg_weights)
         else:
-            nll = voxel_focal_nll(batch, class_weights=self.weights)
+            nll = voxel_focal_nll(batch, class_weights=weights)
         return Fn.masked_mean(nll, batch.mask)
 
 
