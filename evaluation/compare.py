@@ -80,11 +80,11 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
     unit = units.pop()
     tables = [_table(s) for s in sums]
     common = sorted(set.intersection(*[set(t) for t in tables]))
-    for t, s in zip(tables, sums):
+    for t, s, n in zip(tables, sums, names):
         extra = sorted(set(t) - set(common))
         if extra and not common_cases:
-            raise EvaluationError(f"{s.get('_path', '?')}: case {extra[0]} is not evaluated for every model "
-                                  f"({len(extra)} such); evaluate the same folds, or pass --common-cases")
+            raise EvaluationError(f"{s.get('_path') or n}: case {extra[0]} is not evaluated for every model "
+                                  f"({len(extra)} such); evaluate the same folds, or pass --common_cases")
     if not common:
         raise EvaluationError("the evaluations have no case in common")
 

@@ -88,7 +88,7 @@ def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_r
     given = sum(x is not None and x is not False for x in (thresholds, best_from, nnunet_rule or None))
     if given != 1:
         raise EvaluationError("choose exactly one rule: thresholds (-t), the best thresholds of an evaluation "
-                              "(--best-from), or nnU-Net's own rule (--nnunet)")
+                              "(--best_from), or nnU-Net's own rule (--nnunet)")
     keys = spec.keys
     if nnunet_rule:
         return None, {"rule": "nnU-Net (argmax)" if not spec.has_regions else "nnU-Net (p > 0.5 overwrite)"}
