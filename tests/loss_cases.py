@@ -1,0 +1,78 @@
+"""Shared builders for the robustness, deep supervision, DDP and API tests (not a test module).
+
+Label (softmax) mode uses ``N_CLASSES`` output channels and a label map ``(B, 1, *spatial)``; region (sigmoid) mode
+uses ``N_REGIONS`` outputs and binary region maps ``(B, R, *spatial)`` -- plus nnU-Net's ignore channel (1 = ignored)
+as channel ``R`` when the loss has an ignore label.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from nnunet_losses import get_loss, loss_arguments
+
+ALL_LOSSES = ("ce", "wce", "focal", "softdice", "softjaccard", "lovasz", "dscpp", "tversky", "focal_tversky", "combo",
+              "unified_focal", "tversky_pp", "focal_tversky_pp", "combo_pp", "unified_focal_pp", "dice_ce")
+#: losses whose statistics can be reduced over the batch (and over DDP ranks)
+BATCH_DICE_LOSSES = tuple(n for n in ALL_LOSSES if "batch_dice" in loss_arguments(n))
+#: compound losses with a per-voxel mean (CE-like) term next to the overlap term
+VOXEL_MEAN_COMPOUND = ("combo", "combo_pp", "unified_focal", "unified_focal_pp", "dice_ce")
+
+N_CLASSES = 3
+N_REGIONS = 2
+IGNORE = N_CLASSES  # nnU-Net's ignore label is the highest label value
+SPATIAL = {2: (6, 7), 3: (4, 5, 3)}
+
+
+def n_outputs(region: bool) -> int:
+    return N_REGIONS if region else N_CLASSES
+
+
+def make_loss(name: str, region: bool, **kwargs):
+    """``get_loss(name, region_based=region, **kwargs)`` with valid class priors for wce."""
+    if name == "wce" and "class_priors" not in kwargs:
+        kwargs["class_priors"] = [0.3, 0.6] if region else [0.7, 0.2, 0.1]
+    return get_loss(name, region_based=region, **kwargs)
+
+
+def make_target(region: bool, batch: int, spatial: Tuple[int, ...], kind: str = "random",
+                ignore: Optional[Tensor] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """nnU-Net target. ``kind``: random | empty (all background) | full (no background voxel).
+
+    ``ignore``: bool ``(B, 1, *spatial)`` of ignored voxels (label ``IGNORE`` / ignore channel), or None for no
+    ignore label (no extra channel).
+    """
+    if region:
+        t = (torch.rand((batch, N_REGIONS, *spatial), generator=generator) > 0.5).float()
+        if kind == "empty":
+            t.zero_()
+        elif kind == "full":
+            t.fill_(1)
+        if ignore is not None:
+            t = torch.cat([t, ignore.float()], 1)  # region values under ignored voxels stay random
+        return t
+    if kind == "full":
+        t = torch.randint(1, N_CLASSES, (batch, 1, *spatial), generator=generator)
+    else:
+        t = torch.randint(0, N_CLASSES, (batch, 1, *spatial), generator=generator)
+        if kind == "empty":
+            t.zero_()
+    if ignore is not None:
+        t = torch.where(ignore, IGNORE, t)
+    return t
+
+
+def target_onehot(region: bool, target: Tensor) -> Tensor:
+    """One-hot ``(B, K, *spatial)`` of the (non-ignore) channels; ignored label voxels count as background."""
+    if region:
+        return target[:, :N_REGIONS].float()
+    labels = torch.where(target == IGNORE, 0, target).long()
+    return torch.zeros((target.shape[0], N_CLASSES, *target.shape[2:])).scatter_(1, labels, 1)
+
+
+def confident_logits(region: bool, target: Tensor, magnitude: float = 1e4, right: bool = True) -> Tensor:
+    """Logits ``+-magnitude``: confidently right (correct class/region value high) or confidently wrong."""
+    sign = 1.0 if right else -1.0
+    return sign * magnitude * (2 * target_onehot(region, target) - 1)

@@ -1,0 +1,253 @@
+"""Public API: registry, argument validation, input validation, the console command and packaging."""
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import nnunet_losses
+from loss_cases import ALL_LOSSES, make_loss
+from nnunet_losses import available_losses, get_loss, loss_arguments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_line_value_error(call, *fragments: str) -> str:
+    """``call()`` raises a one-line ValueError whose message contains every fragment; returns the message."""
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, f"multi-line error message: {message!r}"
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------------------------
+def test_available_losses_lists_exactly_the_16_losses():
+    names = available_losses()
+    assert isinstance(names, list)
+    assert len(names) == 16 and len(set(names)) == 16
+    assert set(names) == set(ALL_LOSSES)
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_get_loss_returns_a_working_module(name):
+    loss = make_loss(name, False)
+    assert isinstance(loss, nn.Module)
+    assert isinstance(loss, nnunet_losses.SegmentationLoss)
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    value = loss(logits, torch.randint(0, 3, (2, 1, 4, 4)))
+    assert value.ndim == 0 and torch.isfinite(value)
+    assert repr(loss)  # extra_repr must not fail
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_loss_arguments_match_the_constructor(name):
+    args = loss_arguments(name)
+    for common in ("region_based", "ignore_label", "deep_supervision_weights"):
+        assert common in args
+    assert list(args) == list(inspect.signature(type(make_loss(name, False)).__init__).parameters)[1:]
+
+
+def test_get_loss_is_case_insensitive():
+    assert type(get_loss("SoftDice")) is type(get_loss("softdice"))
+
+
+@pytest.mark.parametrize("bad", ["dice", "", "soft_dice", None, 3])
+def test_unknown_loss_name_lists_valid_names(bad):
+    one_line_value_error(lambda: get_loss(bad), "unknown loss", *ALL_LOSSES)
+
+
+def test_unknown_kwarg_names_it_and_the_valid_kwargs():
+    message = one_line_value_error(lambda: get_loss("softdice", batchdice=True), "batchdice", "valid arguments")
+    for valid in loss_arguments("softdice"):
+        assert valid in message
+    one_line_value_error(lambda: get_loss("lovasz", smooth=1.0), "smooth", "only_present")
+    one_line_value_error(lambda: get_loss("ce", gamma=2.0), "gamma", "region_based")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# argument values
+# ----------------------------------------------------------------------------------------------------------------
+INVALID = [
+    ("tversky", {"alpha": -1}, "alpha"), ("focal_tversky", {"beta": -0.5}, "beta"), ("focal", {"alpha": -1}, "alpha"),
+    ("focal", {"alpha": 1.5}, "alpha"), ("combo", {"alpha": -1}, "alpha"), ("combo", {"beta": 2}, "beta"),
+    ("softdice", {"smooth": -1}, "smooth"), ("dice_ce", {"smooth": -1}, "smooth"), ("dscpp", {"smooth": -1}, "smooth"),
+    ("softdice", {"smooth": float("nan")}, "smooth"), ("softdice", {"smooth": float("inf")}, "smooth"),
+    ("dscpp", {"gamma": 0}, "gamma"), ("dscpp", {"gamma": -2}, "gamma"), ("dscpp", {"gamma": float("inf")}, "gamma"),
+    ("focal_tversky", {"gamma": 0}, "gamma"), ("focal", {"gamma": -1}, "gamma"),
+    ("unified_focal", {"gamma": 1}, "gamma"), ("unified_focal", {"gamma": -0.1}, "gamma"),
+    ("tversky_pp", {"gamma_pp": 0}, "gamma_pp"), ("combo_pp", {"gamma_pp": -1}, "gamma_pp"),
+    ("unified_focal", {"lambda_": 2}, "lambda_"), ("unified_focal_pp", {"lambda_": -0.5}, "lambda_"),
+    ("unified_focal", {"delta": 1.5}, "delta"), ("unified_focal_pp", {"delta": -1}, "delta"),
+    ("tversky", {"alpha": 0, "beta": 0}, "alpha and beta"),
+    ("dice_ce", {"weight_ce": -1}, "weight_ce"), ("dice_ce", {"weight_dice": -1}, "weight_dice"),
+    ("softdice", {"batch_dice": "yes"}, "batch_dice"), ("dice_ce", {"batch_dice": 1}, "batch_dice"),
+    ("lovasz", {"batch_dice": "yes"}, "batch_dice"), ("softdice", {"do_bg": "no"}, "do_bg"),
+    ("softdice", {"ddp": None}, "ddp"), ("lovasz", {"only_present": 0}, "only_present"),
+    ("unified_focal", {"asymmetric": "true"}, "asymmetric"), ("ce", {"region_based": 1}, "region_based"),
+    ("ce", {"ignore_label": 1.5}, "ignore_label"), ("softdice", {"ignore_label": "2"}, "ignore_label"),
+    ("lovasz", {"ignore_label": True}, "ignore_label"), ("tversky", {"alpha": "0.3"}, "alpha"),
+    ("wce", {}, "class_priors"), ("wce", {"class_priors": None}, "class_priors"),
+    ("wce", {"class_priors": [0.5, 0.3]}, "sum to 1"), ("wce", {"class_priors": [0.9, 0.3, 0.1]}, "sum to 1"),
+    ("wce", {"class_priors": [1.0, 0.0]}, "class_priors"), ("wce", {"class_priors": []}, "class_priors"),
+    ("wce", {"class_priors": [0.5, 1.0], "region_based": True}, "class_priors"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,fragment", INVALID,
+                         ids=[f"{n}-{'-'.join(f'{k}={v!r}' for k, v in kw.items()) or 'missing'}"
+                              for n, kw, _ in INVALID])
+def test_invalid_argument_values_raise_one_line_value_error(name, kwargs, fragment):
+    one_line_value_error(lambda: get_loss(name, **kwargs), fragment)
+
+
+VALID_EDGES = [("focal", {"gamma": 0}), ("focal", {"alpha": None}), ("unified_focal", {"gamma": 0}),
+               ("unified_focal", {"lambda_": 0}), ("unified_focal", {"lambda_": 1}), ("softdice", {"smooth": 0}),
+               ("tversky", {"alpha": 0}), ("combo", {"alpha": 1}), ("dice_ce", {"weight_ce": 0}),
+               ("wce", {"class_priors": [0.2, 0.7], "region_based": True}), ("ce", {"ignore_label": 4})]
+
+
+@pytest.mark.parametrize("name,kwargs", VALID_EDGES, ids=[f"{n}-{kw}" for n, kw in VALID_EDGES])
+def test_boundary_values_are_accepted(name, kwargs):
+    get_loss(name, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["softdice", "ce", "lovasz", "unified_focal"])
+def test_wrong_label_target_shapes_are_explained(name):
+    loss = get_loss(name)
+    x = torch.randn(2, 3, 4, 5)
+    one_line_value_error(lambda: loss(x, torch.zeros(2, 2, 4, 5)), "label map", "region_based=True")
+    one_line_value_error(lambda: loss(x, torch.zeros(3, 1, 4, 5)), "does not match", "(3, 1, 4, 5)", "(2, 3, 4, 5)")
+    one_line_value_error(lambda: loss(x, torch.zeros(2, 1, 4, 4)), "does not match", "spatial")
+    one_line_value_error(lambda: loss(x, torch.zeros(2, 1, 4, 5, 1)), "does not match")
+    one_line_value_error(lambda: loss(torch.randn(2, 3, 4), torch.zeros(2, 1, 4)), "(B, C, X, Y)")
+    one_line_value_error(lambda: loss(torch.randn(2, 1, 4, 5), torch.zeros(2, 1, 4, 5)),
+                         "at least 2 output channels", "region_based=True")
+    one_line_value_error(lambda: loss(x, x.argmax(1).tolist()), "torch.Tensor")
+    loss(x, torch.zeros(2, 4, 5))  # a label map without channel axis is accepted
+
+
+@pytest.mark.parametrize("name", ["softdice", "ce", "lovasz", "combo"])
+def test_wrong_region_target_channels_are_explained(name):
+    x = torch.randn(2, 3, 4, 5)
+    loss = get_loss(name, region_based=True)
+    one_line_value_error(lambda: loss(x, torch.zeros(2, 1, 4, 5)), "3 channels", "region_based=False")
+    one_line_value_error(lambda: loss(x, torch.zeros(2, 4, 4, 5)), "3 channels")
+    loss = get_loss(name, region_based=True, ignore_label=7)
+    one_line_value_error(lambda: loss(x, torch.zeros(2, 3, 4, 5)), "4 channels", "ignore mask")
+
+
+@pytest.mark.parametrize("name", ["softdice", "ce", "lovasz", "dice_ce"])
+def test_label_out_of_range_is_explained(name):
+    x = torch.randn(2, 3, 4, 5)
+    target = torch.zeros(2, 1, 4, 5, dtype=torch.long)
+    loss = get_loss(name)
+    too_high = target.clone()
+    too_high[0, 0, 1, 1] = 3
+    one_line_value_error(lambda: loss(x, too_high), "label 3", "3 output channels", "dataset.json", "ignore_label")
+    negative = target.clone()
+    negative[1, 0, 0, 0] = -1
+    one_line_value_error(lambda: loss(x, negative), "label -1")
+    # label 3 is fine once it is the ignore label, another stray label is not
+    get_loss(name, ignore_label=3)(x, too_high)
+    too_high[0, 0, 2, 2] = 5
+    one_line_value_error(lambda: get_loss(name, ignore_label=3)(x, too_high), "label 5", "ignore label 3")
+
+
+def test_wce_prior_count_must_match_channels():
+    loss = get_loss("wce", class_priors=[0.6, 0.3, 0.1])
+    one_line_value_error(lambda: loss(torch.randn(2, 2, 4, 4), torch.zeros(2, 1, 4, 4)), "3 class_priors",
+                         "2 output channels")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# console command
+# ----------------------------------------------------------------------------------------------------------------
+CONSOLE_SCRIPT = Path(sys.executable).parent / "nnunet-losses"
+
+
+def run_command(args):
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
+def listed_names(stdout: str):
+    """Loss names: the first word of every line that is not an indented continuation (``-v`` argument lines)."""
+    return [line.split()[0] for line in stdout.splitlines() if line.strip() and not line[0].isspace()]
+
+
+@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason=f"{CONSOLE_SCRIPT} not installed (pip install -e .)")
+def test_console_script_lists_every_loss():
+    proc = run_command([str(CONSOLE_SCRIPT), "losses"])
+    assert proc.returncode == 0, proc.stderr
+    assert listed_names(proc.stdout) == available_losses()
+
+
+def test_cli_module_verbose_listing_and_usage_errors():
+    proc = run_command([sys.executable, "-m", "nnunet_losses.cli", "losses", "-v"])
+    assert proc.returncode == 0, proc.stderr
+    assert listed_names(proc.stdout) == available_losses()
+    lines = proc.stdout.splitlines()
+    wce_args = lines[[i for i, line in enumerate(lines) if line.startswith("wce ")][0] + 1]
+    assert "class_priors=<required>" in wce_args  # a marker, not a string default '<required>'
+    assert "ignore_label=None" in wce_args
+    bad = run_command([sys.executable, "-m", "nnunet_losses.cli", "no-such-command"])
+    assert bad.returncode != 0 and "losses" in bad.stderr  # argparse lists the valid subcommands
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# packaging
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a pip build in a subprocess: ~3 s idle, more on a busy machine
+def test_wheel_installs_trainers_and_evaluation_inside_the_package(tmp_path):
+    """trainers/ and evaluation/ sit at the top of the repository but must be installed as
+    nnunet_losses.trainers / nnunet_losses.evaluation, never as top-level packages that would clash with others."""
+    pytest.importorskip("setuptools", reason="--no-build-isolation needs setuptools in the environment")
+    # build from a copy: an in-tree build would write build/ and *.egg-info into the shared working tree
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", "results"))
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--quiet", "--target", str(target), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert (target / "nnunet_losses" / "__init__.py").is_file()
+    assert (target / "nnunet_losses" / "losses" / "__init__.py").is_file()
+    assert (target / "nnunet_losses" / "trainers" / "__init__.py").is_file()
+    assert (target / "nnunet_losses" / "evaluation" / "__init__.py").is_file()
+    for name in ("trainers", "evaluation", "tests", "losses", "benchmarks", "scripts"):
+        assert not (target / name).exists(), f"top-level {name!r} installed into site-packages"
+    # every Python file of the repo's trainers/ and evaluation/ folders is shipped
+    for folder in ("trainers", "evaluation"):
+        shipped = {p.relative_to(target / "nnunet_losses" / folder)
+                   for p in (target / "nnunet_losses" / folder).rglob("*.py")}
+        expected = {p.relative_to(REPO / folder) for p in (REPO / folder).rglob("*.py")}
+        assert expected <= shipped, (f"{folder}/{sorted(map(str, expected - shipped))} not installed: list the "
+                                     f"sub-folder under [tool.setuptools] packages or package-data in pyproject.toml")
+    dist_info = list(target.glob("nnunet_losses-*.dist-info"))
+    assert len(dist_info) == 1
+    assert "nnunet-losses = nnunet_losses.cli:main" in (dist_info[0] / "entry_points.txt").read_text()
+    # the installed copy imports and lists the same losses
+    check = subprocess.run([sys.executable, "-c", "import nnunet_losses, nnunet_losses.trainers, "
+                            "nnunet_losses.evaluation; print(nnunet_losses.__file__); "
+                            "print(','.join(nnunet_losses.available_losses()))"],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(target)})
+    assert check.returncode == 0, check.stderr
+    installed_file, names = check.stdout.split()
+    assert Path(installed_file).is_relative_to(target)
+    assert names.split(",") == available_losses()
