@@ -80,6 +80,12 @@ def write_dataset(folder: Path, n, shape, k):
     return pred, gt
 
 
+def _cpu() -> float:
+    import resource
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def bare_load(pred: Path):
     for f in sorted(pred.glob("*.npz")):
         a = np.load(f)["probabilities"]
@@ -94,6 +100,7 @@ def run_eval(pred: Path, gt: Path, nproc: int):
 def memory_child(pred: str, gt: str) -> None:
     import tracemalloc
     from nnunet_losses.evaluation import evaluate
+    evaluate(Path(pred), reference_folder=Path(gt), num_processes=1, plots=False)  # imports, caches: not traced
     tracemalloc.start()
     evaluate(Path(pred), reference_folder=Path(gt), num_processes=1, plots=False)
     _, peak = tracemalloc.get_traced_memory()
@@ -125,24 +132,32 @@ def main(argv=None):
                     f"evaluate ({args.np} processes)": lambda: run_eval(pred, gt, args.np)}
         run_eval(pred, gt, 1)  # warm-up (page cache, imports)
         times = {k: [] for k in variants}
+        cpu = {k: [] for k in variants}
         names = list(variants)
+        load0 = os.getloadavg()[0]
         for r in range(args.reps):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                t = time.perf_counter()
+                c0, t = _cpu(), time.perf_counter()
                 variants[name]()
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(_cpu() - c0)
+        load1 = os.getloadavg()[0]
         med = {k: statistics.median(v) for k, v in times.items()}
+        med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(pred), str(gt)], capture_output=True,
                              text=True, check=True)
         peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     print(f"# bench_evaluation: {args.cases} cases, probabilities {args.classes} x {' x '.join(map(str, args.shape))} "
           f"float32 ({case_bytes / 2**20:.1f} MiB each, {disk / args.cases / 2**20:.1f} MiB compressed on disk)")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
-          f"{args.reps} repetitions (median)")
-    base = med["bare np.load"]
-    print(f"{'variant':28s} {'time [s]':>9s} {'per case [s]':>13s} {'x bare load':>12s}")
+          f"{args.reps} repetitions (median); load average {load0:.1f} before, {load1:.1f} after")
+    base, base_cpu = med["bare np.load"], med_cpu["bare np.load"]
+    print(f"{'variant':28s} {'wall [s]':>9s} {'per case':>9s} {'x bare load':>12s} {'CPU [s]':>9s} {'x CPU':>7s}")
     for k, v in med.items():
-        print(f"{k:28s} {v:9.3f} {v / args.cases:13.3f} {v / base:12.2f}")
+        print(f"{k:28s} {v:9.3f} {v / args.cases:9.3f} {v / base:12.2f} {med_cpu[k]:9.3f} "
+              f"{med_cpu[k] / base_cpu:7.2f}")
+    print("# CPU = user + system time of this process and its worker processes (the work done, whatever the "
+          "machine's load); wall includes overlap of reading and reducing")
     print(f"peak traced memory of evaluate (1 process): {peak / 2**20:.1f} MiB = {peak / case_bytes:.2f} x one case's "
           f"probability array")
 

@@ -175,6 +175,8 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
     member_b = member.astype(bool)
     lanes_full = np.arange(min(chunk, max(N, 1)), dtype=np.intp) % LANES
     W = 2 * r1 * LANES  # bincount length per channel: (y, fine bin, lane)
+    ibuf = np.empty(min(chunk, max(N, 1)), dtype=np.intp)  # reused scratch (bin indices, scaled p)
+    fbuf = np.empty(min(chunk, max(N, 1)), dtype=np.float64)
 
     for s in range(0, N, chunk):
         yc = Y[s:s + chunk]
@@ -230,7 +232,7 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
                 np.maximum(conf, pc[c], out=conf)
             # top-label confidence; "correct" = the predicted label is the reference label
             t = np.multiply(conf, R, dtype=np.float64)
-            idx = np.ceil(t).astype(np.intp)
+            idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
             np.add(idx, r1, out=idx, where=pred == yi)
             idx *= LANES
             idx += lanes
@@ -249,9 +251,9 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
         for ch in range(C):
             p = pc[ch]
             pos = member_b[ch][yi] if spec.has_regions else (yi == ch)
-            t = np.multiply(p, R, dtype=np.float64)
+            t = np.multiply(p, R, dtype=np.float64, out=fbuf[:n])
             sum_p2[ch] += float(np.einsum("i,i->", t, t))
-            idx = np.ceil(t).astype(np.intp)
+            idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
             np.add(idx, r1, out=idx, where=pos)
             idx *= LANES
             idx += lanes

@@ -85,6 +85,16 @@ def _work(item):
     return i, reduce_case(loaded, case, _W["spec"], _W["grid"], _W["eps"])
 
 
+def mp_context():
+    """Worker processes: ``fork`` on Linux (workers use numpy and the image reader only, so they need not import
+    torch again as ``spawn`` workers would -- seconds each), ``spawn`` elsewhere or once CUDA is initialised."""
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and getattr(torch, "cuda", None) is not None and torch.cuda.is_initialized()
+    if sys.platform.startswith("linux") and not cuda:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm import tqdm
     return tqdm(total=total, disable=not enabled, desc=desc, unit="case", file=sys.stderr, dynamic_ncols=True)
@@ -96,7 +106,7 @@ def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_pr
     results: List[Optional[dict]] = [None] * len(cases)
     with _progress(len(cases), progress, f"evaluating {source.name}") as bar:
         if num_processes > 1 and len(cases) > 1:
-            ctx = multiprocessing.get_context("spawn")
+            ctx = mp_context()
             with ctx.Pool(min(num_processes, len(cases)), initializer=_init_worker,
                           initargs=(source.spec, grid, eps, source.reader_writer_class, source.description)) as pool:
                 for i, res in pool.imap_unordered(_work, list(enumerate(cases))):

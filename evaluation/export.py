@@ -171,7 +171,8 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
     with AtomicFolder(dest) as tmp:
         with tqdm(total=len(cases), disable=not progress, desc="exporting", unit="case", file=sys.stderr) as bar:
             if num_processes > 1 and len(cases) > 1:
-                ctx = multiprocessing.get_context("spawn")
+                from .evaluate import mp_context
+                ctx = mp_context()
                 with ctx.Pool(min(num_processes, len(cases)), initializer=_init,
                               initargs=(spec, thr, rw, str(tmp), fe, tb)) as pool:
                     for _ in pool.imap_unordered(_work, cases):

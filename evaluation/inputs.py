@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -75,14 +76,12 @@ def load_probabilities(path: Path, hint: str = "") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"{path}: probabilities file is missing{'; ' + hint if hint else ''}")
+    from .npz import NpzDamaged, read_npz_array
     try:
-        with np.load(path) as z:
-            if "probabilities" in z.files:
-                return z["probabilities"]
-            if "softmax" in z.files:
-                return z["softmax"]
-            keys = list(z.files)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        return read_npz_array(path, ("probabilities", "softmax"))[1]
+    except KeyError as e:
+        keys = e.args[0]
+    except (zipfile.BadZipFile, NpzDamaged, zlib.error, OSError, ValueError, EOFError) as e:
         raise EvaluationError(f"{path}: cannot read the npz file ({type(e).__name__}: {e}); it is damaged"
                               f"{'; ' + hint if hint else ''}") from None
     raise EvaluationError(f"{path}: no 'probabilities' (nnU-Net v2) or 'softmax' (v1) array, found {keys}; "

@@ -392,3 +392,51 @@ def test_voxel_volume_2d_dummy_spacing(tmp_path):
     assert is2d and unit == "cm^2" and vv == pytest.approx(0.5 * 0.8 / 100)
     vv3, unit3, _ = voxel_volume([2.0, 0.5, 0.5], (1, 7, 5))  # single-slice 3D image: a real slab
     assert unit3 == "ml" and vv3 == pytest.approx(0.5 / 1000)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the npz reader (big inflate steps, CRC checked) returns exactly what np.load returns
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["compressed", "stored", "float16_softmax", "fortran", "empty"])
+def test_npz_reader_equals_np_load(tmp_path, variant, monkeypatch):
+    import nnunet_losses.evaluation.npz as npz
+    monkeypatch.setattr(npz, "STEP", 1000)  # many small steps: exercises the stream bookkeeping
+    monkeypatch.setattr(npz, "IN_STEP", 777)
+    a = np.random.default_rng(0).random((3, 17, 19, 5)).astype(np.float32)
+    a[:, :4] = 0
+    key, f = "probabilities", tmp_path / "x.npz"
+    if variant == "compressed":
+        np.savez_compressed(f, probabilities=a, other=np.arange(3))
+    elif variant == "stored":
+        np.savez(f, probabilities=a)
+    elif variant == "float16_softmax":
+        key = "softmax"
+        a = a.astype(np.float16)
+        np.savez_compressed(f, softmax=a)
+    elif variant == "fortran":
+        a = np.asfortranarray(a)
+        np.savez_compressed(f, probabilities=a)
+    else:
+        a = np.zeros((2, 0, 3), np.float32)
+        np.savez_compressed(f, probabilities=a)
+    k, b = npz.read_npz_array(f, ("probabilities", "softmax"))
+    ref = np.load(f)[key]
+    assert k == key and b.dtype == ref.dtype and b.shape == ref.shape
+    np.testing.assert_array_equal(b, ref)
+
+
+def test_npz_reader_damaged_files(tmp_path):
+    from nnunet_losses.evaluation.inputs import load_probabilities
+    a = np.random.default_rng(0).random((2, 30, 30, 30)).astype(np.float32)
+    f = tmp_path / "case_001.npz"
+    np.savez_compressed(f, probabilities=a)
+    raw = bytearray(f.read_bytes())
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
+    raw[len(raw) // 2] ^= 0xFF  # flip bits inside the deflate stream
+    (tmp_path / "flip.npz").write_bytes(raw)
+    np.savez_compressed(tmp_path / "other.npz", seg=a)
+    for name, match in (("trunc.npz", "damaged"), ("flip.npz", "damaged"), ("other.npz", "no 'probabilities'"),
+                        ("missing.npz", "missing")):
+        with pytest.raises(EvaluationError, match=match) as e:
+            load_probabilities(tmp_path / name, hint="rerun X")
+        assert name in str(e.value) and "\n" not in str(e.value)

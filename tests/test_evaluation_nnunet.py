@@ -19,11 +19,26 @@ from conftest import BIN, run_cli
 pytestmark = pytest.mark.slow
 
 EXT = Path(__file__).resolve().parent / "evaluation_ext"
-TINY, TINY_B = "nnUNetTrainer_EvalTiny", "nnUNetTrainer_EvalTinyB"
-#: (kind, dim) -> trainings (trainer, fold); fold 1 exercises the "all folds" path, TINY_B the comparison
-RUNS = {("labels", 3): [(TINY, 0), (TINY, 1), (TINY_B, 0)],
+TINY = "nnUNetTrainer_EvalTiny"
+#: a second "model" for the paired comparison without a third training: TINY's fold-0 probabilities sharpened
+#: (p^3, renormalised) in a trainer folder of its own -- same cases, different calibration and volumes
+TINY_B = "nnUNetTrainer_EvalTinySharp"
+#: (kind, dim) -> trainings (trainer, fold); fold 1 exercises the "all folds" path
+RUNS = {("labels", 3): [(TINY, 0), (TINY, 1)],
         ("regions", 3): [(TINY, 0)],
         ("ignore", 2): [(TINY, 0)]}
+
+
+def _sharpened_copy(src: Path, dst: Path) -> None:
+    (dst / "fold_0" / "validation").mkdir(parents=True)
+    for f in ("dataset.json", "plans.json"):
+        shutil.copy(src / f, dst / f)
+    for pkl in (src / "fold_0" / "validation").glob("*.pkl"):
+        shutil.copy(pkl, dst / "fold_0" / "validation" / pkl.name)
+        p = np.load(pkl.with_suffix(".npz"))["probabilities"].astype(np.float64) ** 3
+        p /= p.sum(0)
+        np.savez_compressed(dst / "fold_0" / "validation" / pkl.with_suffix(".npz").name,
+                            probabilities=p.astype(np.float32))
 
 
 class Trained:
@@ -71,6 +86,10 @@ def trained(nnunet_workspace):
             proc = subprocess.Popen(cmd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
             running.append((proc, cmd, log))
     reap(0)
+    did, cfg, name = datasets[("labels", 3)]
+    sharp = ws.results / name / f"{TINY_B}__nnUNetPlans__{cfg}"
+    if not sharp.exists():
+        _sharpened_copy(ws.results / name / f"{TINY}__nnUNetPlans__{cfg}", sharp)
     return Trained(ws, datasets)
 
 

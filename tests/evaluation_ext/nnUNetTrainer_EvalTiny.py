@@ -25,7 +25,3 @@ class nnUNetTrainer_EvalTiny(nnUNetTrainer):
         self.inference_allowed_mirroring_axes = None
         return rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, None
 
-
-class nnUNetTrainer_EvalTinyB(nnUNetTrainer_EvalTiny):
-    """A second 'model' for paired comparisons (more iterations, so different probabilities)."""
-    iterations = 6
