@@ -39,9 +39,10 @@ def _hint(source_description: dict, case: Case) -> str:
 
 
 def load_case(case: Case, reader_writer_class, hint: str):
-    probs = load_probabilities(case.npz, hint)
+    # the reference first: its reader's float32 copy is gone before the big probability array arrives
     ref, ref_props = load_reference(case.reference, reader_writer_class())
     props = load_properties(case.pkl)
+    probs = load_probabilities(case.npz, hint)
     return probs, ref, ref_props, props
 
 
@@ -101,7 +102,9 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
-                 progress: bool = False) -> List[dict]:
+                 progress: bool = False, prefetch: bool = True) -> List[dict]:
+    """Per-case statistics; one process reads the next case in a thread while reducing this one (``prefetch``:
+    at most two cases in memory; without it one case, no overlap)."""
     cases = source.cases
     results: List[Optional[dict]] = [None] * len(cases)
     with _progress(len(cases), progress, f"evaluating {source.name}") as bar:
@@ -115,13 +118,18 @@ def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_pr
         else:
             rw = source.reader_writer_class
             with ThreadPoolExecutor(max_workers=1) as ex:  # read the next case while reducing this one
-                fut = ex.submit(load_case, cases[0], rw, _hint(source.description, cases[0])) if cases else None
+                def load(j):
+                    return ex.submit(load_case, cases[j], rw, _hint(source.description, cases[j]))
+                fut = load(0) if cases else None
                 for i, case in enumerate(cases):
                     loaded = fut.result()
-                    if i + 1 < len(cases):
-                        fut = ex.submit(load_case, cases[i + 1], rw, _hint(source.description, cases[i + 1]))
+                    fut = None
+                    if prefetch and i + 1 < len(cases):
+                        fut = load(i + 1)
                     results[i] = reduce_case(loaded, case, source.spec, grid, eps)
                     del loaded
+                    if not prefetch and i + 1 < len(cases):
+                        fut = load(i + 1)
                     bar.update()
     return results  # type: ignore[return-value]
 
@@ -194,7 +202,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
              dataset_json=None, plans=None, n_bins: int = DEFAULT_BINS,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, eps: float = DEFAULT_EPS, num_processes: int = 1,
              chill: bool = False, overwrite: bool = False, plots: bool = True, progress: bool = False,
-             name: Optional[str] = None) -> dict:
+             name: Optional[str] = None, prefetch: bool = True) -> dict:
     """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
 
     ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
@@ -211,7 +219,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     if output_folder is not None:
         dest = check_destination(Path(output_folder), source.protected, overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
-    results = reduce_cases(source, grid, eps, num_processes, progress)
+    results = reduce_cases(source, grid, eps, num_processes, progress, prefetch)
     summary = build_summary(source, results, grid, eps)
     if dest is not None:
         from .report import write_evaluation

@@ -115,13 +115,16 @@ def load_reference(path: Path, reader_writer) -> Tuple[np.ndarray, dict]:
         seg = seg[0]
     if np.issubdtype(seg.dtype, np.integer):
         return seg, props
-    if not np.isfinite(seg).all():
+    lo, hi = float(seg.min()) if seg.size else 0.0, float(seg.max()) if seg.size else 0.0
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise EvaluationError(f"{path}: reference contains NaN/inf; it must be an integer label map")
-    top = float(seg.max()) if seg.size else 0.0
+    top = hi
     dtype = np.uint8 if 0 <= top < 256 else (np.uint16 if 0 <= top < 65536 else np.int64)
     ints = seg.astype(dtype)
-    if float(seg.min()) < 0 or not np.array_equal(ints, seg):
-        raise EvaluationError(f"{path}: reference holds non-integer or negative values; it must be a label map")
+    flat, iflat = seg.reshape(-1), ints.reshape(-1)
+    for s in range(0, flat.size, 1 << 20):  # chunked: no full-size temporaries
+        if not np.array_equal(iflat[s:s + (1 << 20)], flat[s:s + (1 << 20)]):
+            raise EvaluationError(f"{path}: reference holds non-integer or negative values; it must be a label map")
     return ints, props
 
 

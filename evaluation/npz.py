@@ -2,7 +2,7 @@
 
 ``np.load(f)["probabilities"]`` reads nnU-Net's compressed npz through ``zipfile`` in 4 KiB/256 KiB steps of
 Python code, holding the GIL most of the time. This reader inflates the member's raw deflate stream itself in
-8 MiB steps straight into the destination array (``zlib`` releases the GIL while inflating and checksumming),
+2 MiB steps straight into the destination array (``zlib`` releases the GIL while inflating and checksumming),
 so a background thread can read the next case while the current one is reduced, and checks the CRC-32 like
 ``zipfile``. The result is identical to ``np.load``; anything unusual (encryption, other compression, object
 arrays, .npy format 3) falls back to ``np.load``.
@@ -17,8 +17,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-STEP = 8 << 20       # bytes of output per inflate call
-IN_STEP = 4 << 20    # bytes of compressed input read at a time
+STEP = 2 << 20       # bytes of output per inflate call
+IN_STEP = 1 << 20    # bytes of compressed input read at a time
 
 
 class NpzDamaged(ValueError):
