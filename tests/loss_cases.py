@@ -6,6 +6,7 @@ as channel ``R`` when the loss has an ignore label.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -76,3 +77,15 @@ def confident_logits(region: bool, target: Tensor, magnitude: float = 1e4, right
     """Logits ``+-magnitude``: confidently right (correct class/region value high) or confidently wrong."""
     sign = 1.0 if right else -1.0
     return sign * magnitude * (2 * target_onehot(region, target) - 1)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run with one intra-op thread (restored afterwards): these tests use tiny tensors, where a second thread only
+    adds synchronisation -- 3-4x slower on a busy 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

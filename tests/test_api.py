@@ -180,32 +180,32 @@ def test_wce_prior_count_must_match_channels():
 CONSOLE_SCRIPT = Path(sys.executable).parent / "nnunet-losses"
 
 
-def run_command(args):
-    return subprocess.run(args, capture_output=True, text=True, timeout=300)
-
-
 def listed_names(stdout: str):
     """Loss names: the first word of every line that is not an indented continuation (``-v`` argument lines)."""
     return [line.split()[0] for line in stdout.splitlines() if line.strip() and not line[0].isspace()]
 
 
-@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason=f"{CONSOLE_SCRIPT} not installed (pip install -e .)")
-def test_console_script_lists_every_loss():
-    proc = run_command([str(CONSOLE_SCRIPT), "losses"])
+def test_console_command_lists_every_loss():
+    """The installed console script (``python -m nnunet_losses.cli`` where it is not installed) in a subprocess."""
+    command = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "nnunet_losses.cli"]
+    proc = subprocess.run(command + ["losses"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert listed_names(proc.stdout) == available_losses()
 
 
-def test_cli_module_verbose_listing_and_usage_errors():
-    proc = run_command([sys.executable, "-m", "nnunet_losses.cli", "losses", "-v"])
-    assert proc.returncode == 0, proc.stderr
-    assert listed_names(proc.stdout) == available_losses()
-    lines = proc.stdout.splitlines()
+def test_cli_verbose_listing_and_usage_errors(capsys):
+    from nnunet_losses.cli import main
+    assert main(["losses", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert listed_names(out) == available_losses()
+    lines = out.splitlines()
     wce_args = lines[[i for i, line in enumerate(lines) if line.startswith("wce ")][0] + 1]
     assert "class_priors=<required>" in wce_args  # a marker, not a string default '<required>'
     assert "ignore_label=None" in wce_args
-    bad = run_command([sys.executable, "-m", "nnunet_losses.cli", "no-such-command"])
-    assert bad.returncode != 0 and "losses" in bad.stderr  # argparse lists the valid subcommands
+    with pytest.raises(SystemExit) as info:
+        main(["no-such-command"])
+    assert info.value.code != 0
+    assert "losses" in capsys.readouterr().err  # argparse lists the valid subcommands
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,12 +242,15 @@ def test_wheel_installs_trainers_and_evaluation_inside_the_package(tmp_path):
     assert len(dist_info) == 1
     assert "nnunet-losses = nnunet_losses.cli:main" in (dist_info[0] / "entry_points.txt").read_text()
     # the installed copy imports and lists the same losses
-    check = subprocess.run([sys.executable, "-c", "import nnunet_losses, nnunet_losses.trainers, "
-                            "nnunet_losses.evaluation; print(nnunet_losses.__file__); "
-                            "print(','.join(nnunet_losses.available_losses()))"],
-                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    # (find_spec locates the sub-packages without running them: importing the trainers imports all of nnU-Net)
+    script = ("import importlib.util, nnunet_losses; print(nnunet_losses.__file__); "
+              "print(importlib.util.find_spec('nnunet_losses.trainers').origin); "
+              "print(importlib.util.find_spec('nnunet_losses.evaluation').origin); "
+              "print(','.join(nnunet_losses.available_losses()))")
+    check = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(target)})
     assert check.returncode == 0, check.stderr
-    installed_file, names = check.stdout.split()
-    assert Path(installed_file).is_relative_to(target)
+    *files, names = check.stdout.split()
+    for file in files:
+        assert Path(file).is_relative_to(target), f"{file} is not the installed copy"
     assert names.split(",") == available_losses()

@@ -16,8 +16,14 @@ import pytest
 import torch
 
 from loss_cases import (ALL_LOSSES, BATCH_DICE_LOSSES, IGNORE, N_REGIONS, SPATIAL, confident_logits, make_loss,
-                        make_target, n_outputs)
+                        make_target, n_outputs, one_torch_thread)
 from nnunet_losses import available_losses, loss_arguments
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 def _configs():
