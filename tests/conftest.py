@@ -36,7 +36,10 @@ class NnUNetWorkspace:
     def env(self, **extra) -> dict:
         """Environment for nnU-Net commands: this workspace's folders, our trainers, CPU-friendly settings."""
         env = dict(os.environ, nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
-                   nnUNet_results=str(self.results), nnUNet_compile="false", OMP_NUM_THREADS="2")
+                   nnUNet_results=str(self.results), nnUNet_compile="false", OMP_NUM_THREADS="2",
+                   # nnUNetv2_train -device cpu sets torch's threads to the core count whatever OMP_NUM_THREADS
+                   # says; OpenMP's default busy-waiting then slows every op ~20x on a shared machine
+                   OMP_WAIT_POLICY="PASSIVE")
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
@@ -48,10 +51,33 @@ class NnUNetWorkspace:
             dataset_id, config = DATASETS[key]
             write_synthetic_dataset(self.raw, dataset_id, kind=kind, dim=dim, n_cases=10,
                                     shape=(32, 32, 32) if dim == 3 else (48, 48), seed=dataset_id)
+            env = self.env()
+            env.pop("nnUNet_n_proc_DA", None)  # 0 (fine for training) crashes nnU-Net's planner
             run_cli(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", config, "-npfp", "2", "-np", "2",
-                     "--verify_dataset_integrity"], env=self.env())
+                     "--verify_dataset_integrity"], env=env)
             self._planned[key] = (dataset_id, config)
         return self._planned[key]
+
+    def small_plans(self, dataset_id: int, name: str = "nnUNetPlansSmall", base_features: int = 4,
+                    max_features: int = 32) -> str:
+        """Plans ``name`` (pass as ``-p``) for a planned dataset: nnUNetPlans with a narrow network (features
+        ``base_features * 2**stage`` up to ``max_features``) on the same preprocessed data. About 7x faster
+        training steps on a CPU than nnU-Net's 32..320 features. Idempotent."""
+        import json
+        folder = next(self.preprocessed.glob(f"Dataset{dataset_id:03d}_*"))
+        target = folder / f"{name}.json"
+        if not target.is_file():
+            plans = json.loads((folder / "nnUNetPlans.json").read_text())
+            plans["plans_name"] = name
+            for cfg in plans["configurations"].values():
+                kwargs = cfg.get("architecture", {}).get("arch_kwargs", {})
+                if "features_per_stage" in kwargs:
+                    kwargs["features_per_stage"] = [min(base_features * 2 ** i, max_features)
+                                                    for i in range(len(kwargs["features_per_stage"]))]
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(json.dumps(plans, indent=2))
+            tmp.replace(target)
+        return name
 
 
 @pytest.fixture(scope="session")
