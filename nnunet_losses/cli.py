@@ -14,6 +14,7 @@ from typing import List, Optional
 
 SUBCOMMAND_MODULES = [
     "nnunet_losses.cli",  # losses
+    "nnunet_losses.trainers.cli",  # trainer-path, trainers
     "nnunet_losses.theory",  # theory
     "nnunet_losses.phantom",  # phantom
     "nnunet_losses.datasets.cli",  # convert, package
