@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "nnunet_losses.phantom",  # phantom
     "nnunet_losses.datasets.cli",  # convert, package
     "nnunet_losses.evaluation.cli",  # evaluate, compare, threshold
+    "nnunet_losses.demo",  # demo
 ]
 
 
