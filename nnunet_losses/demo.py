@@ -80,6 +80,10 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
     from .trainers import trainer_path
     env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
                nnUNet_extTrainer=str(trainer_path()), nnUNet_compile="false",
+               # -device cpu sets torch's threads to the core count; OpenMP's default busy-waiting then makes
+               # every op crawl as soon as anything else runs on the machine (measured ~20x on 2 cores)
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               # nnU-Net's export pools default to 8 spawned workers, each importing torch
                nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 2))))
     train_env = dict(env, nnUNet_n_proc_DA="0" if device == "cpu" else env.get("nnUNet_n_proc_DA", "8"),
                      NNUNET_LOSSES_EPOCHS=str(epochs), NNUNET_LOSSES_ITERATIONS=str(iterations),

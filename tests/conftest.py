@@ -39,7 +39,9 @@ class NnUNetWorkspace:
                    nnUNet_results=str(self.results), nnUNet_compile="false", OMP_NUM_THREADS="2",
                    # nnUNetv2_train -device cpu sets torch's threads to the core count whatever OMP_NUM_THREADS
                    # says; OpenMP's default busy-waiting then slows every op ~20x on a shared machine
-                   OMP_WAIT_POLICY="PASSIVE")
+                   OMP_WAIT_POLICY="PASSIVE",
+                   # nnU-Net's export pools default to 8 spawned workers, each importing torch: far too many here
+                   nnUNet_def_n_proc="2")
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
