@@ -84,8 +84,8 @@ def dice_vs_size_decile(summary: dict, path: Path) -> None:
             x = np.arange(1, len(e["n_cases"]) + 1)
             ax.plot(x, e["Dice_mean"], "o-", label=f"class {k} (Dice)")
             ax.plot(x, e["soft_Dice_mean"], "x:", label=f"class {k} (soft Dice)")
-    ax.set(xlabel=f"reference size group (deciles of V_ref, small -> large)", ylabel="mean Dice", ylim=(0, 1.02),
-           title=f"Dice vs reference size, {summary['name']}")
+    ax.set(xlabel="reference size group (deciles of V_ref, small -> large)", ylabel="mean Dice", ylim=(0, 1.02))
+    ax.set_title(f"Dice vs reference size\n{summary['name']}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -95,7 +95,7 @@ def dice_vs_size_decile(summary: dict, path: Path) -> None:
 def volume_error(summary: dict, path: Path) -> None:
     plt = _plt()
     keys = list(summary["mean"].keys())
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(keys) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys) + 2), 4))
     data, labels = [], []
     for k in keys:
         for f, lab in (("dV", "hard"), ("dV_soft", "soft")):
@@ -103,9 +103,13 @@ def volume_error(summary: dict, path: Path) -> None:
             data.append([v for v in vals if v == v])
             labels.append(f"{k}\n{lab}")
     ax.boxplot(data, showmeans=True)
+    for i, d in enumerate(data, start=1):  # every case as a point
+        ax.plot(i + np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else [i] * len(d), d, ".", color="k", ms=3,
+                alpha=0.6)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(ylabel=f"dV = V_pred - V_ref ({summary['volume_unit']})", title=f"Volume error, {summary['name']}")
+    ax.set_ylabel(f"dV = V_pred - V_ref ({summary['volume_unit']})")
+    ax.set_title(f"Volume error per case (hard and soft)\n{summary['name']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -129,6 +133,9 @@ def volume_error_per_trainer(per_trainer: Dict[str, Dict[str, List[float]]], uni
     for ax, k in zip(axes.ravel(), keys):
         data = [[v for v in per_trainer[n][k] if v == v] for n in names]
         ax.boxplot(data, showmeans=True)
+        for i, d in enumerate(data, start=1):
+            ax.plot(i + np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else [i] * len(d), d, ".", color="k", ms=3,
+                    alpha=0.6)
         ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right", fontsize=7)
         ax.axhline(0, color="k", lw=0.8)
         ax.set(title=f"class {k}", ylabel=f"{field} ({unit})")

@@ -4,7 +4,9 @@
   ``numpy.random.default_rng``) and reports the mean, the percentile confidence interval of the mean and the
   two-sided bootstrap p-value of "mean = 0": ``min(1, 2 min(P*(m <= 0), P*(m >= 0)))`` with the ``(1 + #) /
   (n_boot + 1)`` correction, so ``p < alpha`` exactly when the percentile interval at level ``1 - alpha``
-  excludes 0 (up to the +1). This is the pairwise non-parametric bootstrap test of seed 001/002's tables.
+  excludes 0 (up to the +1). This is the pairwise non-parametric bootstrap test of seed 001/002's tables. It is
+  floored at ``2^(1-n)``: with all ``n`` differences of one sign every resample has a mean of that sign and the
+  raw bootstrap p would be ~0 even for n = 2; no exact test on n paired cases goes below ``2^(1-n)``.
 * :func:`wilcoxon` is ``scipy.stats.wilcoxon`` (two-sided, zero differences dropped as Wilcoxon did); all-zero
   differences give p = 1.
 * :func:`holm` adjusts a family of p-values (Holm-Bonferroni step-down, monotone, capped at 1); NaN entries
@@ -40,7 +42,9 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = DEFAULT_N_BOOT, seed: 
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     le = (1 + np.count_nonzero(boot <= 0)) / (n_boot + 1)
     ge = (1 + np.count_nonzero(boot >= 0)) / (n_boot + 1)
-    p = min(1.0, 2 * min(le, ge))
+    # floor: 2^(1-n) is the smallest two-sided p an exact sign-flip test on n paired cases can reach; the
+    # percentile bootstrap gives ~0 whenever all n differences share a sign, however small n is
+    p = max(min(1.0, 2 * min(le, ge)), 2.0 ** (1 - n))
     if np.all(x == 0):
         p = 1.0
     return {"n": int(n), "mean": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "p_bootstrap": float(p)}

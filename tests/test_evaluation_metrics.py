@@ -362,6 +362,9 @@ def test_paired_and_one_sample():
     assert r["p_wilcoxon"] == pytest.approx(w(b[ok] - a[ok]).pvalue)
     assert r["p_bootstrap"] < 0.01
     assert wilcoxon(np.zeros(5)) == 1.0 and bootstrap_mean(np.zeros(5))["p_bootstrap"] == 1.0
+    # all differences positive: never "significant" with 2 cases (floor 2^(1-n)), as the exact tests
+    assert bootstrap_mean([0.3, 0.5])["p_bootstrap"] == 0.5 and wilcoxon([0.3, 0.5]) == pytest.approx(0.5)
+    assert bootstrap_mean(np.full(12, 0.2) + np.arange(12) * 0.01)["p_bootstrap"] == pytest.approx(2.0 ** -11)
     assert one_sample(rng.normal(0, 1, 40), n_boot=2000)["p_bootstrap"] > 0.01
 
 
