@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -126,11 +126,17 @@ def _reduce_fine(cnt: np.ndarray, sp: np.ndarray, grid: BinGrid) -> Tuple[np.nda
 
 def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: TaskSpec, grid: BinGrid = BinGrid(),
                     eps: float = DEFAULT_EPS, name: str = "probabilities", reference_name: str = "reference",
-                    chunk: int = CHUNK) -> CaseStats:
+                    chunk: int = CHUNK, wait: Optional[Callable[[int, int], None]] = None) -> CaseStats:
     """Statistics of one case in one pass over its voxels.
 
     ``probabilities``: ``(C, *shape)`` float16/32/64 (softmax for label models, sigmoid per region for region
     models); ``reference``: integer label map of ``shape``. ``name``/``reference_name`` appear in error messages.
+
+    The voxels are visited channel by channel (per-channel histograms: channel ``c``'s data only), and the
+    cross-channel statistics (hard map, confusion matrix, top-label confidence, categorical NLL, sum-to-1 check)
+    are done chunk by chunk together with the last channel. ``wait(c, stop)``, if given, is called before the
+    voxels ``[.., stop)`` of channel ``c`` are read: the array can still be filling from a background thread
+    (see :mod:`.npz`), so a case is reduced while it is being inflated.
     """
     C = spec.n_channels
     if probabilities.ndim < 2 or probabilities.shape[0] != C:
@@ -145,6 +151,9 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
         raise EvaluationError(f"{name}: probabilities must be floating point, got {probabilities.dtype}")
     if not np.issubdtype(reference.dtype, np.integer):
         raise EvaluationError(f"{reference_name}: reference must be an integer label map, got {reference.dtype}")
+    if wait is None:
+        def wait(c, stop):
+            return None
 
     R = grid.resolution
     r1 = R + 1
@@ -154,76 +163,118 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
     N = Y.size
     ign = spec.ignore_label
     tol = sum_tolerance(probabilities.dtype, C)
-    member = spec.channel_membership()  # (C, L) uint8
+    member_b = spec.channel_membership().astype(bool)  # (C, L)
+    chunk = max(1, min(chunk, N))
+    starts = range(0, N, chunk)
+    lanes_full = np.arange(chunk, dtype=np.intp) % LANES
+    W = 2 * r1 * LANES  # bincount length per channel: (y, fine bin, lane)
+    ibuf = np.empty(chunk, dtype=np.intp)  # reused scratch: bin indices
+    fbuf = np.empty(chunk, dtype=np.float64)  # and p * R
+
+    # the reference first (it is in memory): undeclared labels, ignore masks, valid voxel counts
     valid_lut = np.zeros(L, dtype=bool)
     valid_lut[list(spec.valid_labels)] = True
     if ign is not None:
         valid_lut[ign] = True
-    lut_needed = not valid_lut.all()
-    thr_label = np.zeros(L, dtype=np.intp)  # region model: label painted by the hard map
+    ymin, ymax = (int(Y.min()), int(Y.max())) if N else (0, 0)
+    if ymax >= L or ymin < 0 or (not valid_lut.all() and not valid_lut[Y].all()):
+        bad = Y[(Y < 0) | (Y >= L)] if (ymax >= L or ymin < 0) else Y[~valid_lut[Y]]
+        raise EvaluationError(f"{reference_name}: label {int(bad[0])} is not declared in dataset.json "
+                              f"(labels {list(spec.valid_labels)}{'' if ign is None else f', ignore {ign}'}); "
+                              f"fix the reference or dataset.json")
+    keeps = {}  # chunk start -> boolean mask of non-ignored voxels (only chunks that have ignored voxels)
+    n_ignored = 0
+    if ign is not None and ymax >= ign:
+        for s in starts:
+            yc = Y[s:s + chunk]
+            if int(yc.max()) >= ign:
+                keep = yc != ign
+                keeps[s] = keep
+                n_ignored += int(yc.size - np.count_nonzero(keep))
+    n_valid = N - n_ignored
 
-    confusion = np.zeros(L * L * LANES, dtype=np.int64)
-    cnt = np.zeros((C, 2 * r1 * LANES), dtype=np.int64)
-    sp = np.zeros((C, 2 * r1 * LANES), dtype=np.float64)
+    cnt = np.zeros((C, W), dtype=np.int64)
+    sp = np.zeros((C, W), dtype=np.float64)
     sum_p2 = np.zeros(C, dtype=np.float64)
     nll = np.zeros(C, dtype=np.float64) if spec.has_regions else None
-    cat_nll = 0.0
-    top_cnt = np.zeros(2 * r1 * LANES, dtype=np.int64)
-    top_sp = np.zeros(2 * r1 * LANES, dtype=np.float64)
-    n_valid = n_ignored = n_clipped = 0
+    clipped = set()  # chunk starts with values outside [0, 1] (within tolerance)
+    n_clipped = 0
 
-    member_b = member.astype(bool)
-    lanes_full = np.arange(min(chunk, max(N, 1)), dtype=np.intp) % LANES
-    W = 2 * r1 * LANES  # bincount length per channel: (y, fine bin, lane)
-    ibuf = np.empty(min(chunk, max(N, 1)), dtype=np.intp)  # reused scratch (bin indices, scaled p)
-    fbuf = np.empty(min(chunk, max(N, 1)), dtype=np.float64)
+    def values(c, s):
+        """Channel c of chunk s, ignore-label voxels dropped, float32/64; None when all are ignored."""
+        p = P[c, s:s + chunk]
+        keep = keeps.get(s)
+        if keep is not None:
+            p = p[keep]
+        if p.dtype != np.float32 and p.dtype != np.float64:
+            p = p.astype(np.float32)
+        return p
 
-    for s in range(0, N, chunk):
-        yc = Y[s:s + chunk]
-        pc = P[:, s:s + chunk]
-        ymin, ymax = int(yc.min()), int(yc.max())
-        if ymax >= L or ymin < 0 or (lut_needed and not valid_lut[yc].all()):
-            bad = yc[(yc < 0) | (yc >= L)] if (ymax >= L or ymin < 0) else yc[~valid_lut[yc]]
-            raise EvaluationError(f"{reference_name}: label {int(bad[0])} is not declared in dataset.json "
-                                  f"(labels {list(spec.valid_labels)}"
-                                  f"{'' if ign is None else f', ignore {ign}'}); fix the reference or dataset.json")
-        if ign is not None and ymax >= ign:
-            keep = yc != ign
-            k = int(np.count_nonzero(keep))
-            n_ignored += yc.size - k
-            if k == 0:
-                continue
-            if k < yc.size:
-                yc = yc[keep]
-                pc = pc[:, keep]
-        n = yc.size
-        n_valid += n
-        lanes = lanes_full[:n]
-        if pc.dtype != np.float32 and pc.dtype != np.float64:
-            pc = pc.astype(np.float32)
-        lo, hi = float(pc.min()), float(pc.max())
+    def labels(s):
+        y = Y[s:s + chunk]
+        keep = keeps.get(s)
+        return y[keep] if keep is not None else y
+
+    def channel_chunk(c, s):
+        nonlocal n_clipped
+        p = values(c, s)
+        n = p.size
+        if n == 0:
+            return
+        lo, hi = float(p.min()), float(p.max())
         if not (lo >= -tol and hi <= 1.0 + tol):  # also catches NaN
             what = "NaN" if (math.isnan(lo) or math.isnan(hi)) else f"values in [{lo:.6g}, {hi:.6g}]"
             raise EvaluationError(f"{name}: probabilities contain {what}, outside [0, 1]; regenerate the file "
                                   f"(nnUNetv2_train ... --val --npz or nnUNetv2_predict --save_probabilities)")
-        if not spec.has_regions:
+        if lo < 0.0 or hi > 1.0:
+            n_clipped += int(np.count_nonzero((p < 0) | (p > 1)))
+            clipped.add(s)
+            p = np.clip(p, 0.0, 1.0)
+        y = labels(s)
+        pos = member_b[c][y] if spec.has_regions else (y == c)
+        t = np.multiply(p, R, dtype=np.float64, out=fbuf[:n])
+        sum_p2[c] += float(np.einsum("i,i->", t, t))
+        idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
+        np.add(idx, r1, out=idx, where=pos)
+        idx *= LANES
+        idx += lanes_full[:n]
+        cnt[c] += np.bincount(idx, minlength=W)
+        sp[c] += np.bincount(idx, weights=t, minlength=W)
+        if nll is not None:
+            q = np.where(pos, p, 1.0 - p)
+            nll[c] -= float(np.log(np.maximum(q, eps)).sum(dtype=np.float64))
+
+    confusion = np.zeros(L * L * LANES, dtype=np.int64)
+    top_cnt = np.zeros(W, dtype=np.int64)
+    top_sp = np.zeros(W, dtype=np.float64)
+    cat_nll = 0.0
+
+    def voxel_chunk(s):
+        nonlocal cat_nll, confusion
+        pc = P[:, s:s + chunk]
+        keep = keeps.get(s)
+        if keep is not None:
+            pc = pc[:, keep]
+        n = pc.shape[1]
+        if n == 0:
+            return
+        if pc.dtype != np.float32 and pc.dtype != np.float64:
+            pc = pc.astype(np.float32)
+        if s in clipped:
+            pc = np.clip(pc, 0.0, 1.0)
+        yi = labels(s).astype(np.intp)
+        lanes = lanes_full[:n]
+        if spec.has_regions:
+            pred = np.zeros(n, dtype=np.intp)
+            for i, c in enumerate(spec.regions_class_order):
+                np.copyto(pred, c, where=pc[i] > 0.5)
+        else:
             tot = pc.sum(0)
             dev = np.abs(tot - 1.0)
             if not (dev <= tol).all():
                 raise EvaluationError(f"{name}: softmax probabilities do not sum to 1 over channels (worst voxel "
                                       f"sums to {float(tot[np.argmax(dev)]):.6g}); is this a region (sigmoid) "
                                       f"prediction or a wrong dataset.json?")
-        if lo < 0.0 or hi > 1.0:
-            n_clipped += int(np.count_nonzero((pc < 0) | (pc > 1)))
-            pc = np.clip(pc, 0.0, 1.0)
-        yi = yc.astype(np.intp)
-
-        # hard map (nnU-Net's rule) and confusion matrix over label values
-        if spec.has_regions:
-            pred = np.zeros(n, dtype=np.intp)
-            for i, c in enumerate(spec.regions_class_order):
-                np.copyto(pred, c, where=pc[i] > 0.5)
-        else:
             # argmax over a few channels: first maximum wins, as np.argmax (which is slow along axis 0)
             pred = np.zeros(n, dtype=np.intp)
             conf = pc[0].copy()
@@ -231,13 +282,13 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
                 np.copyto(pred, c, where=pc[c] > conf)
                 np.maximum(conf, pc[c], out=conf)
             # top-label confidence; "correct" = the predicted label is the reference label
-            t = np.multiply(conf, R, dtype=np.float64)
+            t = np.multiply(conf, R, dtype=np.float64, out=fbuf[:n])
             idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
             np.add(idx, r1, out=idx, where=pred == yi)
             idx *= LANES
             idx += lanes
-            top_cnt += np.bincount(idx, minlength=W)
-            top_sp += np.bincount(idx, weights=t, minlength=W)
+            top_cnt[:] += np.bincount(idx, minlength=W)
+            top_sp[:] += np.bincount(idx, weights=t, minlength=W)
             ptrue = pc[0].copy()
             for c in range(1, C):
                 np.copyto(ptrue, pc[c], where=yi == c)
@@ -248,20 +299,14 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
         cidx += lanes
         confusion += np.bincount(cidx, minlength=L * L * LANES)
 
-        for ch in range(C):
-            p = pc[ch]
-            pos = member_b[ch][yi] if spec.has_regions else (yi == ch)
-            t = np.multiply(p, R, dtype=np.float64, out=fbuf[:n])
-            sum_p2[ch] += float(np.einsum("i,i->", t, t))
-            idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
-            np.add(idx, r1, out=idx, where=pos)
-            idx *= LANES
-            idx += lanes
-            cnt[ch] += np.bincount(idx, minlength=W)
-            sp[ch] += np.bincount(idx, weights=t, minlength=W)
-            if nll is not None:
-                q = np.where(pos, p, 1.0 - p)
-                nll[ch] -= float(np.log(np.maximum(q, eps)).sum(dtype=np.float64))
+    for c in range(C - 1):
+        for s in starts:
+            wait(c, min(s + chunk, N))
+            channel_chunk(c, s)
+    for s in starts:
+        wait(C - 1, min(s + chunk, N))
+        channel_chunk(C - 1, s)
+        voxel_chunk(s)
 
     # fold the lanes, undo the p * R scaling
     cnt = cnt.reshape(C, 2 * r1, LANES).sum(-1)

@@ -1,15 +1,15 @@
 """``evaluate``: one model's probabilities against the references -> summary.json, CSV tables, plots.
 
 Each case is read once (probabilities + reference), reduced to the fixed-size :class:`~.accumulate.CaseStats`
-and dropped; with one process the next case is read in a background thread while the current one is reduced
-(at most two cases in memory), with ``num_processes > 1`` cases are spread over worker processes.
+and dropped: a background thread inflates the npz file while the reduction walks through the part already
+there, so reading and reducing overlap and one case is in memory at a time; with ``num_processes > 1`` the
+cases are spread over worker processes.
 """
 from __future__ import annotations
 
 import math
 import multiprocessing
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from .accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
 from .errors import EvaluationError
-from .inputs import Case, Source, find_cases, load_probabilities, load_properties, load_reference, voxel_volume
+from .inputs import Case, Source, find_cases, load_properties, load_reference, open_probabilities, voxel_volume
 from .metrics import (CALIBRATION_METRICS, case_metrics, dice_jaccard_check, means, nan_stats, pooled_calibration,
                       size_deciles, threshold_sweep)
 from .spec import TaskSpec
@@ -38,14 +38,6 @@ def _hint(source_description: dict, case: Case) -> str:
     return "rerun `nnUNetv2_predict ... --save_probabilities`"
 
 
-def load_case(case: Case, reader_writer_class, hint: str):
-    # the reference first: its reader's float32 copy is gone before the big probability array arrives
-    ref, ref_props = load_reference(case.reference, reader_writer_class())
-    props = load_properties(case.pkl)
-    probs = load_probabilities(case.npz, hint)
-    return probs, ref, ref_props, props
-
-
 def _check_geometry(case: Case, ref_props: dict, props: Optional[dict]) -> None:
     if props is None:
         return
@@ -63,10 +55,16 @@ def _check_geometry(case: Case, ref_props: dict, props: Optional[dict]) -> None:
                                       f"the same image")
 
 
-def reduce_case(loaded, case: Case, spec: TaskSpec, grid: BinGrid, eps: float) -> dict:
-    probs, ref, ref_props, props = loaded
+def process_case(case: Case, spec: TaskSpec, grid: BinGrid, eps: float, reader_writer_class, hint: str) -> dict:
+    """Read one case and reduce it to its statistics. The probabilities are inflated by a background thread
+    while the reduction walks through them (:func:`.accumulate.accumulate_case` waits for each part), so the
+    case is read and reduced at the same time and only one case is in memory."""
+    ref, ref_props = load_reference(case.reference, reader_writer_class())
+    props = load_properties(case.pkl)
     _check_geometry(case, ref_props, props)
-    stats = accumulate_case(probs, ref, spec, grid, eps, name=str(case.npz), reference_name=str(case.reference))
+    with open_probabilities(case.npz, hint) as probs:
+        stats = accumulate_case(probs.array, ref, spec, grid, eps, name=str(case.npz),
+                                reference_name=str(case.reference), wait=probs.wait)
     spacing = [float(s) for s in ref_props.get("spacing", [1.0] * ref.ndim)]
     vv, unit, is2d = voxel_volume(spacing, ref.shape)
     return {"stats": stats, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
@@ -82,8 +80,7 @@ def _init_worker(spec, grid, eps, rw_class, description):
 
 def _work(item):
     i, case = item
-    loaded = load_case(case, _W["rw"], _hint(_W["description"], case))
-    return i, reduce_case(loaded, case, _W["spec"], _W["grid"], _W["eps"])
+    return i, process_case(case, _W["spec"], _W["grid"], _W["eps"], _W["rw"], _hint(_W["description"], case))
 
 
 def mp_context():
@@ -102,9 +99,9 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
-                 progress: bool = False, prefetch: bool = True) -> List[dict]:
-    """Per-case statistics; one process reads the next case in a thread while reducing this one (``prefetch``:
-    at most two cases in memory; without it one case, no overlap)."""
+                 progress: bool = False) -> List[dict]:
+    """Per-case statistics, in this process (each case read and reduced at once, see :func:`process_case`) or
+    spread over ``num_processes`` worker processes."""
     cases = source.cases
     results: List[Optional[dict]] = [None] * len(cases)
     with _progress(len(cases), progress, f"evaluating {source.name}") as bar:
@@ -116,21 +113,10 @@ def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_pr
                     results[i] = res
                     bar.update()
         else:
-            rw = source.reader_writer_class
-            with ThreadPoolExecutor(max_workers=1) as ex:  # read the next case while reducing this one
-                def load(j):
-                    return ex.submit(load_case, cases[j], rw, _hint(source.description, cases[j]))
-                fut = load(0) if cases else None
-                for i, case in enumerate(cases):
-                    loaded = fut.result()
-                    fut = None
-                    if prefetch and i + 1 < len(cases):
-                        fut = load(i + 1)
-                    results[i] = reduce_case(loaded, case, source.spec, grid, eps)
-                    del loaded
-                    if not prefetch and i + 1 < len(cases):
-                        fut = load(i + 1)
-                    bar.update()
+            for i, case in enumerate(cases):
+                results[i] = process_case(case, source.spec, grid, eps, source.reader_writer_class,
+                                          _hint(source.description, case))
+                bar.update()
     return results  # type: ignore[return-value]
 
 
@@ -202,7 +188,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
              dataset_json=None, plans=None, n_bins: int = DEFAULT_BINS,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, eps: float = DEFAULT_EPS, num_processes: int = 1,
              chill: bool = False, overwrite: bool = False, plots: bool = True, progress: bool = False,
-             name: Optional[str] = None, prefetch: bool = True) -> dict:
+             name: Optional[str] = None) -> dict:
     """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
 
     ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
@@ -219,7 +205,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     if output_folder is not None:
         dest = check_destination(Path(output_folder), source.protected, overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
-    results = reduce_cases(source, grid, eps, num_processes, progress, prefetch)
+    results = reduce_cases(source, grid, eps, num_processes, progress)
     summary = build_summary(source, results, grid, eps)
     if dest is not None:
         from .report import write_evaluation

@@ -88,6 +88,52 @@ def load_probabilities(path: Path, hint: str = "") -> np.ndarray:
                           f"{hint or 'was it written by nnU-Net with --npz / --save_probabilities?'}")
 
 
+class _Probabilities:
+    """:class:`.npz.StreamedArray` whose errors are one-line :class:`EvaluationError` naming the file."""
+
+    def __init__(self, path: Path, hint: str):
+        from .npz import StreamedArray
+        self.path, self.hint = path, hint
+        with self._translated():
+            self._s = StreamedArray(path, ("probabilities", "softmax"))
+        self.array = self._s.array
+
+    def _translated(self):
+        import contextlib
+        from .npz import NpzDamaged
+
+        @contextlib.contextmanager
+        def cm():
+            try:
+                yield
+            except KeyError as e:
+                raise EvaluationError(f"{self.path}: no 'probabilities' (nnU-Net v2) or 'softmax' (v1) array, found "
+                                      f"{e.args[0]}; {self.hint or 'was it written by nnU-Net with --npz?'}") from None
+            except (zipfile.BadZipFile, NpzDamaged, zlib.error, OSError, ValueError, EOFError) as e:
+                raise EvaluationError(f"{self.path}: cannot read the npz file ({type(e).__name__}: {e}); it is "
+                                      f"damaged{'; ' + self.hint if self.hint else ''}") from None
+        return cm()
+
+    def wait(self, c: int = -1, stop: int = -1) -> None:
+        with self._translated():
+            self._s.wait(c, stop)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._s.__exit__(*exc)
+
+
+def open_probabilities(path: Path, hint: str = "") -> _Probabilities:
+    """Start reading a case's probabilities in a background thread: ``with open_probabilities(f) as p:`` then
+    ``p.array`` (allocated, filling) and ``p.wait(channel, stop)`` before reading a part of it."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: probabilities file is missing{'; ' + hint if hint else ''}")
+    return _Probabilities(path, hint)
+
+
 def load_properties(path: Optional[Path]) -> Optional[dict]:
     if path is None or not Path(path).is_file():
         return None

@@ -13,7 +13,7 @@ import io
 import struct
 import zipfile
 import zlib
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,9 +64,11 @@ class _Stream:
         return bytes(buf)
 
 
-def _read_member(path, info: zipfile.ZipInfo) -> np.ndarray:
+def _open_member(path, info: zipfile.ZipInfo):
+    """``(file, stream, empty array of the member's shape/dtype)``, positioned after the .npy header."""
     from numpy.lib import format as npf
-    with open(path, "rb") as f:
+    f = open(path, "rb")
+    try:
         f.seek(info.header_offset)
         lh = f.read(30)
         if len(lh) != 30 or lh[:4] != b"PK\x03\x04":
@@ -92,35 +94,133 @@ def _read_member(path, info: zipfile.ZipInfo) -> np.ndarray:
         shape, fortran, dtype = parse(io.BytesIO(hl_bytes + header))
         if dtype.hasobject:
             raise NotImplementedError
-        arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-        if arr.nbytes:
-            s.read_into(memoryview(arr.reshape(-1, order="A")).cast("B"))
-        if s.d is not None and (s.pending or not s.d.eof):
-            # the member must end exactly here
-            rest = s.d.decompress(s.pending + f.read(max(s.left, 0)), 1)
-            if rest or not s.d.eof:
-                raise NpzDamaged("extra data after the array")
-        if (s.crc & 0xFFFFFFFF) != info.CRC:
-            raise NpzDamaged("CRC-32 mismatch")
-        return arr
+        return f, s, np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    except BaseException:
+        f.close()
+        raise
 
 
-def read_npz_array(path, keys: Sequence[str]) -> Tuple[str, np.ndarray]:
-    """``(key, array)`` of the first of ``keys`` present in the npz file; ``KeyError`` listing the members
-    when none is; ``NpzDamaged``/``zipfile.BadZipFile``/``OSError`` for damaged files."""
+def _fill(f, s: _Stream, info: zipfile.ZipInfo, arr: np.ndarray, progress=None, cancelled=None) -> None:
+    """Inflate the array data into ``arr``; ``progress(bytes done)`` after every step; checks end and CRC."""
+    mv = memoryview(arr.reshape(-1, order="A")).cast("B")
+    n = len(mv)
+    pos = 0
+    while pos < n:
+        if cancelled is not None and cancelled():
+            return
+        step = min(STEP, n - pos)
+        s.read_into(mv[pos:pos + step])
+        pos += step
+        if progress is not None:
+            progress(pos)
+    if s.d is not None and (s.pending or not s.d.eof):
+        # the member must end exactly here
+        rest = s.d.decompress(s.pending + f.read(max(s.left, 0)), 1)
+        if rest or not s.d.eof:
+            raise NpzDamaged("extra data after the array")
+    if (s.crc & 0xFFFFFFFF) != info.CRC:
+        raise NpzDamaged("CRC-32 mismatch")
+
+
+def _member_info(path, keys: Sequence[str]):
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         for k in keys:
             if f"{k}.npy" in names:
-                info = zf.getinfo(f"{k}.npy")
-                break
-        else:
-            raise KeyError([n[:-4] if n.endswith(".npy") else n for n in names])
-    fast = (info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 0x1)
-    if fast:
+                return k, zf.getinfo(f"{k}.npy")
+    raise KeyError([n[:-4] if n.endswith(".npy") else n for n in names])
+
+
+def _fast(info: zipfile.ZipInfo) -> bool:
+    return info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 0x1
+
+
+class StreamedArray:
+    """An npz member inflated by a background thread into ``.array`` (allocated up front).
+
+    ``wait(c, stop)`` blocks until the elements ``[..., stop)`` of channel ``c`` (first axis) are there, and raises
+    the reader's error, if any. Use as a context manager: leaving stops and joins the thread.
+    """
+
+    def __init__(self, path, keys: Sequence[str]):
+        import threading
+        self.key, info = _member_info(path, keys)
+        self._thread = None
+        self._done = 0
+        self._error: Optional[BaseException] = None
+        self._cancel = False
+        self._cond = threading.Condition()
+        if _fast(info):
+            try:
+                f, s, arr = _open_member(path, info)
+            except NotImplementedError:
+                f = None
+            if f is not None:
+                self.array = arr
+                self._total = arr.nbytes
+                self._c_order = arr.flags.c_contiguous
+                self._thread = threading.Thread(target=self._run, args=(f, s, info), daemon=True)
+                self._thread.start()
+                return
+        with np.load(path) as z:
+            self.array = z[self.key]
+        self._total = self._done = self.array.nbytes
+        self._c_order = True
+
+    def _run(self, f, s, info):
+        def progress(done):
+            with self._cond:
+                self._done = done
+                self._cond.notify_all()
         try:
-            return k, _read_member(path, info)
+            _fill(f, s, info, self.array, progress, lambda: self._cancel)
+        except BaseException as e:  # noqa: BLE001 -- handed to the waiting thread
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+        finally:
+            f.close()
+
+    def wait(self, c: int = -1, stop: int = -1) -> None:
+        """Wait for channel ``c`` up to element ``stop`` (defaults: everything)."""
+        if self._thread is None:
+            return
+        a = self.array
+        if c < 0 or not self._c_order or a.ndim < 1:
+            need = self._total
+        else:
+            per_channel = a.size // a.shape[0] if a.shape[0] else 0
+            need = min(self._total, (c * per_channel + stop) * a.itemsize)
+        with self._cond:
+            while self._done < need and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._cancel = True
+        if self._thread is not None:
+            self._thread.join()
+        return False
+
+
+def read_npz_array(path, keys: Sequence[str]) -> Tuple[str, np.ndarray]:
+    """``(key, array)`` of the first of ``keys`` present in the npz file; ``KeyError`` listing the members
+    when none is; ``NpzDamaged``/``zipfile.BadZipFile``/``zlib.error``/``OSError`` for damaged files."""
+    key, info = _member_info(path, keys)
+    if _fast(info):
+        try:
+            f, s, arr = _open_member(path, info)
         except NotImplementedError:
-            pass
+            f = None
+        if f is not None:
+            try:
+                _fill(f, s, info, arr)
+            finally:
+                f.close()
+            return key, arr
     with np.load(path) as z:
-        return k, z[k]
+        return key, z[key]

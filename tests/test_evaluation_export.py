@@ -151,3 +151,35 @@ def test_export_refusals(tmp_path, monkeypatch):
     with pytest.raises(EvaluationError, match="case_1.npz: probabilities contain NaN"):
         export_thresholded(pred, tmp_path / "o5", thresholds=0.5)
     assert not (tmp_path / "o5").exists() and not list(tmp_path.glob(".o5.tmp-*"))
+
+
+def test_streamed_reading_equals_in_memory_and_damage_is_reported(tmp_path, monkeypatch):
+    """evaluate() reduces each case while a thread is still inflating it: same numbers as from np.load arrays;
+    a damaged file stops it with a one-line error naming the file, nothing written."""
+    import nnunet_losses.evaluation.npz as npz
+    from nnunet_losses.evaluation import case_metrics
+    from nnunet_losses.evaluation.accumulate import accumulate_case
+    from nnunet_losses.evaluation.inputs import load_reference
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    monkeypatch.setattr(npz, "STEP", 4096)  # many small steps: the reduction really waits for the reader
+    pred, gt = make_prediction_folder(tmp_path, dim=3, regions=False)
+    spec = TaskSpec.from_dataset_json(json.loads((pred / "dataset.json").read_text()))
+    s = evaluate(pred, reference_folder=gt, plots=False)
+    for c in s["metric_per_case"]:
+        ref, props = load_reference(c["reference_file"], SimpleITKIO())
+        st = accumulate_case(np.load(c["prediction_file"])["probabilities"], ref, spec, chunk=97)
+        m, cal = case_metrics(st, spec, c["voxel_volume"])
+        assert cal == pytest.approx(c["calibration"], rel=1e-12)
+        for k in m:
+            assert m[k] == pytest.approx(c["metrics"][k], rel=1e-12, nan_ok=True)
+    raw = (pred / "case_1.npz").read_bytes()
+    (pred / "case_1.npz").write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(EvaluationError, match=r"case_1.npz: cannot read the npz file .*damaged") as e:
+        evaluate(pred, tmp_path / "out", reference_folder=gt, plots=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    raw = bytearray(raw)
+    raw[len(raw) // 2] ^= 0xFF  # damage inside the deflate stream: found by the reading thread
+    (pred / "case_1.npz").write_bytes(raw)
+    with pytest.raises(EvaluationError, match=r"case_1.npz: cannot read the npz file .*damaged"):
+        evaluate(pred, tmp_path / "out", reference_folder=gt, plots=False)
+    assert not (tmp_path / "out").exists()
