@@ -15,8 +15,9 @@ with realistic probability maps: smooth logits inside a crop box, exact one-hot 
 * **bare load**: ``np.load(f)["probabilities"]`` of every file, one after the other -- the unavoidable cost of
   reading nnU-Net's compressed npz files (zlib inflate);
 * **evaluate**: ``nnunet_losses.evaluation.evaluate(folder, reference_folder=...)`` without writing files: reading
-  the npz and the references (dataset reader/writer), every statistic, the summary (with ``num_processes=1``,
-  which reads the next case in a background thread while reducing the current one, and with ``-np`` workers).
+  the npz and the references (dataset reader/writer), every statistic, the summary -- with ``num_processes=1``
+  (a background thread inflates each npz while the reduction walks through the part already there) and with
+  ``-np`` worker processes.
 
 Every repetition runs each variant once in a rotating order (the machine may be shared); the medians are
 reported. **Peak memory** is measured in a fresh process with ``tracemalloc`` (numpy registers its buffers with

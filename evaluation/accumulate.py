@@ -1,4 +1,4 @@
-"""One pass over a case's voxels into fixed-size counters and histograms.
+"""One read of a case's voxels into fixed-size counters and histograms.
 
 Every calibration, overlap, volume and threshold statistic of the evaluation derives from the small arrays this
 module returns per case (their size does not depend on the number of voxels), so a dataset of hundreds of cases
@@ -127,7 +127,7 @@ def _reduce_fine(cnt: np.ndarray, sp: np.ndarray, grid: BinGrid) -> Tuple[np.nda
 def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: TaskSpec, grid: BinGrid = BinGrid(),
                     eps: float = DEFAULT_EPS, name: str = "probabilities", reference_name: str = "reference",
                     chunk: int = CHUNK, wait: Optional[Callable[[int, int], None]] = None) -> CaseStats:
-    """Statistics of one case in one pass over its voxels.
+    """Statistics of one case, read once (each chunk of probabilities is visited while it is in cache).
 
     ``probabilities``: ``(C, *shape)`` float16/32/64 (softmax for label models, sigmoid per region for region
     models); ``reference``: integer label map of ``shape``. ``name``/``reference_name`` appear in error messages.
