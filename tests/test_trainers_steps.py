@@ -314,6 +314,36 @@ def test_step_user_variant(step_env, ext_trainer_env):
     assert trainer.loss.gamma_pp == 3.5
 
 
+class nnUNetTrainer_UNet_SoftDice_finetune(T.FineTuneMixin, T.nnUNetTrainer_UNet_SoftDice):
+    pass  # docs/trainers.md: a baseline network with the fine-tune optimiser
+
+
+class nnUNetTrainer_UNet_TverskyB08(T.UNetMixin, T.nnUNetTrainer_Tversky):
+    loss_kwargs = {"beta": 0.8}  # a network of the paper, a loss with one hyper-parameter changed
+
+
+def _no_mirroring_dscpp():
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import \
+        nnUNetTrainerNoMirroring
+
+    class nnUNetTrainerNoMirroring_DSCpp(T.LossTrainerMixin, nnUNetTrainerNoMirroring):
+        loss_name = "dscpp"  # our loss on top of another nnU-Net trainer variant
+    return nnUNetTrainerNoMirroring_DSCpp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [lambda: nnUNetTrainer_UNet_SoftDice_finetune,
+                                  lambda: nnUNetTrainer_UNet_TverskyB08, _no_mirroring_dscpp])
+def test_step_documented_compositions(step_env, make):
+    cls = make()
+    trainer, _ = one_step(step_env, cls, LABELS3)
+    check_trainer(trainer, LABELS3)
+    if cls is nnUNetTrainer_UNet_TverskyB08:
+        assert (trainer.loss.alpha, trainer.loss.beta) == (0.3, 0.8)
+    if "NoMirroring" in cls.__name__:
+        assert trainer.inference_allowed_mirroring_axes is None and trainer.loss.gamma_pp == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", [LABELS3, REGIONS3, IGNORE2])
 def test_dice_ce_trainer_reproduces_nnunet_default_loss(step_env, key):

@@ -140,8 +140,8 @@ class LossTrainerMixin(ShortRunMixin):
 
 
 class ValidationPlateauLR:
-    """Adam schedule of the seed papers: divide the learning rate by ``1/factor`` after ``patience`` epochs
-    without a new best validation loss (Bertels et al. 2019/2020: factor 1/5, patience 75 epochs).
+    """Adam schedule of the seed papers: multiply the learning rate by ``factor`` after ``patience`` epochs
+    without a new best validation loss (Bertels, Robben et al. 2019: factor 1/5, patience 75 epochs).
 
     Called like nnU-Net's schedulers, ``step(current_epoch)`` at the start of each epoch. It keeps no state of
     its own: the learning rate is replayed from the validation losses in nnU-Net's logger, which is saved in
@@ -183,7 +183,8 @@ class PaperAdamMixin:
     """Optimiser of the seed papers: Adam without weight decay, :class:`ValidationPlateauLR`.
 
     ``paper_lr`` is the initial learning rate (1e-3 for the volume-bias paper's networks, 1 for its LR model,
-    1e-4 for fine-tuning in Bertels et al. 2019). nnU-Net's gradient clipping (norm 12) is kept.
+    1e-4 for fine-tuning in Bertels, Eelbode et al. 2019). nnU-Net's gradient clipping (norm 12) is kept; the
+    papers' early stopping is not (nnU-Net trains a fixed number of epochs and keeps checkpoint_best).
     """
     paper_lr: float = 1e-3
     plateau_factor: float = 0.2
@@ -203,6 +204,7 @@ class PaperAdamMixin:
 
 
 class FineTuneMixin(PaperAdamMixin):
-    """Second stage of Bertels et al. 2019's protocol: continue a CE-trained network with another loss, with Adam
-    at lr 1e-4. Start it with nnU-Net's ``-pretrained_weights <CE run>/fold_X/checkpoint_final.pth``."""
+    """Second stage of Bertels, Eelbode et al. 2019's protocol ("Optimizing the Dice score and Jaccard index ...:
+    theory & practice", Sect. 3): continue a CE-trained network with another loss, Adam at lr 1e-4. Start it with
+    nnU-Net's ``-pretrained_weights <CE run>/fold_X/checkpoint_final.pth``."""
     paper_lr = 1e-4

@@ -1,4 +1,4 @@
-"""The volume-bias paper's LR / ConvNet / U-Net (Bertels et al. 2020) inside nnU-Net's pipeline.
+"""The volume-bias paper's LR / ConvNet / U-Net (Bertels, Robben et al. 2019) inside nnU-Net's pipeline.
 
 ``ArchitectureMixin`` swaps nnU-Net's network for :class:`~nnunet_losses.trainers.networks.BaselineNet` and its
 SGD for the paper's Adam (lr 1e-3; LR model 1), and switches deep supervision off (the networks have a single

@@ -1,5 +1,5 @@
-"""The three models of Bertels et al. 2020 ("Theoretical analysis and experimental validation of volume bias of
-soft Dice optimized segmentation maps", Sect. 3.1): LR, ConvNet and U-Net, in 2D or 3D.
+"""The three models of Bertels, Robben et al. 2019 ("Optimization with soft Dice can lead to a volumetric bias",
+Sect. 3.1): LR, ConvNet and U-Net, in 2D or 3D.
 
 U-Net: "three 3x3(x3) average pooling layers with corresponding linear up-sampling layers", no normalisation,
 "two 3x3(x3) convolutional layers before and after the pooling and up-sampling layer, respectively, with
