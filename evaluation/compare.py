@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -147,7 +147,6 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
               "n_cases": len(common), "cases": common, "alpha": alpha, "n_boot": n_boot, "seed": seed,
               "model_means": model_rows, "volume_bias": bias_rows, "paired": pair_rows}
     if output_folder is not None:
-        from .inputs import nnunet_folders  # noqa: F401  (check_destination uses it)
         from .outputs import AtomicFolder, check_destination, write_csv, write_json
         dest = check_destination(Path(output_folder), [], overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))

@@ -7,11 +7,10 @@ cases are spread over worker processes.
 """
 from __future__ import annotations
 
-import math
 import multiprocessing
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 

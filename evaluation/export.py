@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -19,7 +19,7 @@ Conventions (documented in docs/evaluation.md):
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 

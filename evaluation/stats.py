@@ -16,8 +16,7 @@ pairwise and the number used is reported (``n``).
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 

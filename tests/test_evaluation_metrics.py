@@ -143,7 +143,7 @@ def test_region_model_against_brute_force_and_sklearn():
     lm = LabelManager({"background": 0, "whole": [1, 2], "inner": [2]}, regions_class_order=[1, 2])
     seg = lm.convert_probabilities_to_segmentation(p)
     np.testing.assert_array_equal(seg, REGIONS.hard_map(p))
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics, region_or_label_to_mask
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
     nlls = []
     for i, (key, region) in enumerate(zip(["(1, 2)", "(2,)"], [(1, 2), (2,)])):
         d = m[key]
