@@ -67,7 +67,7 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
     """Run the whole demo in ``workdir`` (created; must not exist yet) and return its results (also as JSON)."""
     from . import theory
     from .evaluation import compare, evaluate
-    from .phantom import write_phantom_dataset
+    from .phantom import load_sidecar, write_phantom_dataset
 
     workdir = Path(workdir).resolve()
     if workdir.exists() and any(workdir.iterdir()):
@@ -113,8 +113,12 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
                                         name=tr, progress=False))
         cmp = compare([e["output_folder"] for e in evaluations], out / f"{name}_comparison", names=list(trainers),
                       n_boot=n_boot)
+        sidecar = load_sidecar(raw / f"Dataset{dataset_id:03d}_{name}")["cases"]
+        # the theory's soft-Dice volume error on exactly the validated cases, against their *expected* volume
+        sd_theory = [sidecar[c]["theory_sd_volume_ml"] - sidecar[c]["expected_volume_ml"] for c in cmp["cases"]]
         exp = {"p": p, "dataset_id": dataset_id, "comparison_folder": cmp["output_folder"], "n_cases": cmp["n_cases"],
-               "expected_uncertain_volume_fraction": p, "theory": {
+               "volume_unit": cmp["volume_unit"], "theory": {
+                   "soft_dice_dV_ml": float(sum(sd_theory) / len(sd_theory)), "ce_dV_ml": 0.0,
                    "soft_dice_p_hat": float(theory.optimal_p_hat_soft_dice(p, n_subregions, mu)),
                    "soft_dice_bias_over_uncertain_volume": float(theory.volume_bias(p, n_subregions, mu) / mu),
                    "ce_bias": float(theory.volume_bias(p, n_subregions, mu, loss="cross_entropy"))},
@@ -155,19 +159,20 @@ def verdict(results: dict) -> List[str]:
 
 
 def format_table(results: dict) -> str:
-    """Seed-001-style table: per p and trainer, NLL (CE), 1 - soft Dice, dV (soft and hard) with significance."""
-    unit = "ml"
-    lines = ["| p | trainer | CE (NLL) | 1 - SD | dV soft [" + unit + "] (95% CI) | p (Holm) | bias | dV hard [" + unit
-             + "] | theory SD p_hat |",
+    """Seed-001-style table: per p and trainer, NLL (CE), 1 - soft Dice, dV (soft and hard) with significance,
+    next to the theory's dV for the same cases (soft Dice: its optimal p_hat; CE: 0)."""
+    lines = ["| p | trainer | CE (NLL) | 1 - SD | dV soft (95% CI) | p (Holm) | bias | dV hard | theory dV |",
              "|---|---|---|---|---|---|---|---|---|"]
     for exp in results["experiments"]:
+        unit = exp["volume_unit"]
         for tr, r in exp["trainers"].items():
             b = r["dV_soft"]
             nll = "n/a" if r["NLL"] is None else f"{r['NLL']:.4f}"
             ci = f"[{b.get('ci_low', float('nan')):+.4f}, {b.get('ci_high', float('nan')):+.4f}]"
-            lines.append(f"| {exp['p']} | {tr} | {nll} | {r['one_minus_soft_dice']:.4f} | {b['mean']:+.4f} {ci} | "
-                         f"{b['p_bootstrap_holm']:.3g} | {b['bias'] or '-'} | {r['dV']['mean']:+.4f} | "
-                         f"{exp['theory']['soft_dice_p_hat']:.0f} |")
+            th = exp["theory"]["soft_dice_dV_ml" if "SoftDice" in tr else "ce_dV_ml"]
+            lines.append(f"| {exp['p']} | {tr} | {nll} | {r['one_minus_soft_dice']:.4f} | {b['mean']:+.4f} {unit} {ci} | "
+                         f"{b['p_bootstrap_holm']:.3g} | {b['bias'] or '-'} | {r['dV']['mean']:+.4f} {unit} | "
+                         f"{th:+.4f} ml |")
     return "\n".join(lines)
 
 
