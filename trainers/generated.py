@@ -39,3 +39,5 @@ for _tag, _loss_trainer in LOSS_TRAINERS.items():
     GENERATED[_cls.__name__] = _cls
 
 del _gamma, _arch, _mixin, _tag, _loss_trainer, _short, _cls
+
+__all__ = list(GENERATED)

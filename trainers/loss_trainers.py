@@ -88,3 +88,5 @@ LOSS_TRAINERS = {cls.__name__[len("nnUNetTrainer_"):]: cls for cls in (
     nnUNetTrainer_Lovasz, nnUNetTrainer_DSCpp, nnUNetTrainer_Tversky, nnUNetTrainer_FocalTversky, nnUNetTrainer_Combo,
     nnUNetTrainer_UnifiedFocal, nnUNetTrainer_TverskyPP, nnUNetTrainer_FocalTverskyPP, nnUNetTrainer_ComboPP,
     nnUNetTrainer_UnifiedFocalPP, nnUNetTrainer_DiceCE)}
+
+__all__ = [cls.__name__ for cls in LOSS_TRAINERS.values()]
