@@ -27,11 +27,16 @@ class PreparedBatch:
     The compute dtype is float32 (float64 if the logits are float64): half-precision logits are upcast once
     here, so that no sum in any loss overflows under autocast. Nonlinearities are computed lazily and cached, so
     compound losses share one softmax.
+
+    ``hard`` is True when ``onehot`` and ``mask`` are known to hold only 0 and 1 (label maps; bool region maps as
+    nnU-Net's data loader produces them), which lets :func:`~nnunet_losses.functional.overlap_stats` take its
+    fused path; float region maps might be soft and keep the generic one.
     """
     logits: Tensor
     onehot: Tensor
     mask: Optional[Tensor]
     region_based: bool
+    hard: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _cached(self, key, fn):
@@ -84,7 +89,7 @@ def prepare_batch(logits: Tensor, target: Tensor, region_based: bool, ignore_lab
         if ignore_label is not None:
             mask = 1 - target[:, -1:].to(dtype)
             target = target[:, :-1]
-        return PreparedBatch(x, target.to(dtype), mask, True)
+        return PreparedBatch(x, target.to(dtype), mask, True, hard=target.dtype == torch.bool)
 
     if x.shape[1] < 2:
         raise ValueError(f"label (softmax) training needs at least 2 output channels (background first), got "
@@ -92,17 +97,27 @@ def prepare_batch(logits: Tensor, target: Tensor, region_based: bool, ignore_lab
     if target.shape[1] != 1:
         raise ValueError(f"label target must be a label map of shape (B, 1, *spatial), got {tuple(target.shape)}; "
                          f"for binary region maps pass region_based=True")
-    labels = target.long()
+    n_classes = x.shape[1]
+    # An integer label map (nnU-Net's loader gives int16) is used as it is, without an int64 copy, when every
+    # class index fits its dtype; float maps are truncated by .long() as before, and so is any map with an
+    # ignore label (which need not fit the narrow dtype).
+    narrow = (ignore_label is None and target.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32)
+              and n_classes - 1 <= torch.iinfo(target.dtype).max)
+    labels = target if narrow else target.long()
     mask = None
     if ignore_label is not None:
         valid = labels != ignore_label
         mask = valid.to(dtype)
         labels = torch.where(valid, labels, 0)
     lo, hi = torch.aminmax(labels)
-    if lo < 0 or hi >= x.shape[1]:
-        raise ValueError(f"target contains label {int(hi) if hi >= x.shape[1] else int(lo)} but the network has "
-                         f"{x.shape[1]} output channels (labels 0..{x.shape[1] - 1}"
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"target contains label {int(hi) if hi >= n_classes else int(lo)} but the network has "
+                         f"{n_classes} output channels (labels 0..{n_classes - 1}"
                          f"{'' if ignore_label is None else f', ignore label {ignore_label}'}); "
                          f"check dataset.json 'labels' and the loss's ignore_label")
-    onehot = torch.zeros_like(x).scatter_(1, labels, 1)
-    return PreparedBatch(x, onehot, mask, False)
+    # one-hot as labels == class index, written straight into the compute dtype: one kernel, no zero fill, the
+    # same 0/1 values as zeros().scatter_(1, labels, 1)
+    classes = torch.arange(n_classes, dtype=labels.dtype, device=labels.device).view(1, -1, *([1] * (x.ndim - 2)))
+    onehot = torch.empty_like(x)
+    torch.eq(labels, classes, out=onehot)
+    return PreparedBatch(x, onehot, mask, False, hard=True)

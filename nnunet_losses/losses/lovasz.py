@@ -36,10 +36,11 @@ class LovaszLoss(SegmentationLoss):
     def compute(self, batch: PreparedBatch) -> Tensor:
         c0 = batch.first_channel(self.do_bg)
         fg = batch.onehot[:, c0:]
-        if batch.region_based:
-            errors = torch.relu(1 - batch.logits * (2 * fg - 1))  # relu before sorting: same order, Berman's value
-        else:
-            errors = (fg - batch.probs[:, c0:]).abs()
+        # Both error maps are written so that backward skips a negation (each is bit for bit the textbook form):
+        if batch.region_based:  # relu(1 - x * s), s = 2y - 1; relu before sorting: same order, Berman's value
+            errors = torch.relu(batch.logits * torch.sub(1, fg, alpha=2) + 1)  # x * (1 - 2y) = -(x * s), exactly
+        else:  # |y - p|
+            errors = (batch.probs[:, c0:] - fg).abs()
         if batch.mask is not None:  # ignored voxels: error 0 and no foreground -> sorted last, contribute nothing
             errors = errors * batch.mask
             fg = fg * batch.mask
@@ -55,13 +56,11 @@ class LovaszLoss(SegmentationLoss):
             errors = errors.transpose(0, 1).reshape(n_channels, -1)
             fg = fg.transpose(0, 1).reshape(n_channels, -1)
             losses = Fn.lovasz_extension(errors, fg).view(1, n_channels)
-            present = (fg.sum(1) > 0).view(1, n_channels)
         else:
-            losses = Fn.lovasz_extension(errors.flatten(0, 1), fg.flatten(0, 1)).view(n_samples, n_channels)
-            present = fg.sum(2) > 0
+            losses = Fn.lovasz_extension(errors, fg)  # (B, K) rows, fg gathered from its strided view, no copy
         if batch.region_based or not self.only_present:
             return losses.mean()
         # mean over present classes per image (0 for an image without any), then over images -- as Berman et al.
-        present = present.to(losses.dtype)
+        present = (fg.sum(-1) > 0).view(losses.shape).to(losses.dtype)
         per_image = (losses * present).sum(1) / present.sum(1).clamp_min(1)
         return per_image.mean()

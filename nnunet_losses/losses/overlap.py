@@ -42,7 +42,8 @@ class OverlapLoss(SegmentationLoss):
     def stats(self, batch: PreparedBatch) -> Tuple[Tensor, Tensor, Tensor]:
         """Reduced (TP, FP, FN) of the selected channels, shape ``(K,)`` (batch dice) or ``(B, K)``."""
         c0 = batch.first_channel(self.do_bg)
-        stats = Fn.overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask, self.gamma_pp)
+        stats = Fn.overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask, self.gamma_pp,
+                                 hard=batch.hard)
         return Fn.reduce_stats(stats, self.batch_dice, self.ddp)
 
     def dice_loss(self, batch: PreparedBatch) -> Tensor:
