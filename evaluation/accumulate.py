@@ -299,14 +299,20 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
         cidx += lanes
         confusion += np.bincount(cidx, minlength=L * L * LANES)
 
-    for c in range(C - 1):
+    try:
+        for c in range(C - 1):
+            for s in starts:
+                wait(c, min(s + chunk, N))
+                channel_chunk(c, s)
         for s in starts:
-            wait(c, min(s + chunk, N))
-            channel_chunk(c, s)
-    for s in starts:
-        wait(C - 1, min(s + chunk, N))
-        channel_chunk(C - 1, s)
-        voxel_chunk(s)
+            wait(C - 1, min(s + chunk, N))
+            channel_chunk(C - 1, s)
+            voxel_chunk(s)
+    except EvaluationError:
+        # Bad values in a file still being read may come from a damaged deflate stream, which the reader only
+        # proves at its end (CRC-32): let it finish, so that damage is reported as damage, not as bad values.
+        wait(-1, -1)
+        raise
 
     # fold the lanes, undo the p * R scaling
     cnt = cnt.reshape(C, 2 * r1, LANES).sum(-1)
