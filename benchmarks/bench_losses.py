@@ -48,7 +48,10 @@ saves for backward, and every gradient buffer.
 
 **Lovász vs sort**: the Lovász extension needs one descending ``torch.sort`` of a ``(rows, N)`` error tensor
 (rows = samples x channels, N = voxels). We time that bare sort (no autograd) on the loss's own error tensor in
-the same rounds and report the Lovász forward + backward time relative to it.
+the same rounds and report the Lovász forward + backward time relative to it. The library does not call that
+sort on CPU: ``functional.sort_order_descending`` gets the same permutation (a stable descending order) from a
+radix sort of the errors' float bits, row by row; its time is printed too, so that what the loss spends besides
+sorting is visible.
 
 Nothing here asserts on a time: the numbers are printed (and written to ``benchmarks/results/`` unless
 ``--no-output``) for a human to read. The targets of the performance issue are printed as a summary.
@@ -80,6 +83,7 @@ BASELINE = "nnU-Net"
 OVERLAP_LOSSES = ("softdice", "softjaccard", "dscpp", "tversky", "focal_tversky", "tversky_pp", "focal_tversky_pp")
 OVERLAP_TARGET = 1.05
 LOVASZ_SORT_TARGET = 1.3
+OWN_SORT = "sort_order_descending"
 
 Step = Callable[[], None]
 
@@ -152,6 +156,13 @@ def lovasz_errors(logits: torch.Tensor, target: torch.Tensor, region: bool) -> t
 def sort_step(errors: torch.Tensor) -> Step:
     def step():
         torch.sort(errors, dim=1, descending=True)
+    return step
+
+
+def own_sort_step(errors: torch.Tensor) -> Step:
+    """The sort the library runs (a radix sort of the errors' bits on CPU, see ``sort_order_descending``)."""
+    def step():
+        Fn.sort_order_descending(errors)
     return step
 
 
@@ -245,6 +256,7 @@ def bench_mode(shape: Tuple[int, ...], region: bool, device: torch.device, reps:
         sort_name = "torch.sort"
         errors = lovasz_errors(logits, target, region)
         steps[sort_name] = sort_step(errors)
+        steps[OWN_SORT] = own_sort_step(errors)
     times = time_steps(steps, device, reps, warmup, clock)
     peaks = {}
     for name in losses:
@@ -254,7 +266,7 @@ def bench_mode(shape: Tuple[int, ...], region: bool, device: torch.device, reps:
     med = {name: statistics.median(t) for name, t in times.items()}
     return {"mode": "region (sigmoid)" if region else "label (softmax)", "shape": shape, "device": device,
             "median_ms": med, "times": times, "peak": peaks, "names": list(losses),
-            "sort": None if sort_name is None else (tuple(errors.shape), med[sort_name])}
+            "sort": None if sort_name is None else (tuple(errors.shape), med[sort_name], med[OWN_SORT])}
 
 
 def format_table(results: List[dict]) -> str:
@@ -284,11 +296,13 @@ def format_summary(results: List[dict]) -> str:
             lines.append(f"- {mode}: overlap losses <= {OVERLAP_TARGET}x nnU-Net time: "
                          + ("all met" if not missed else "missed by " + ", ".join(missed)))
         if res["sort"] is not None and "lovasz" in med:
-            shape, sort_ms = res["sort"]
+            shape, sort_ms, own_ms = res["sort"]
             ratio = med["lovasz"] / sort_ms
             lines.append(f"- {mode}: Lovász forward+backward {med['lovasz']:.2f} ms = {ratio:.2f}x the bare torch.sort "
                          f"of its {shape[0]} x {shape[1]} errors ({sort_ms:.2f} ms); target <= {LOVASZ_SORT_TARGET}x: "
-                         f"{'met' if ratio <= LOVASZ_SORT_TARGET else 'missed'}")
+                         f"{'met' if ratio <= LOVASZ_SORT_TARGET else 'missed'}. The library's own sort of the same "
+                         f"errors (sort_order_descending) takes {own_ms:.2f} ms ({own_ms / sort_ms:.2f}x torch.sort); "
+                         f"everything else in the loss {med['lovasz'] - own_ms:.2f} ms")
     return "\n".join(lines)
 
 

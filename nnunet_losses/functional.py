@@ -332,6 +332,39 @@ def lovasz_extension(errors: Tensor, fg: Tensor) -> Tensor:
     be passed with ``errors = 0`` and ``fg = 0``: they sort after every positive error and add nothing. ``fg`` may
     be a strided view (it is only gathered from).
     """
-    errors_sorted, perm = torch.sort(errors, dim=-1, descending=True)
+    perm = sort_order_descending(errors.detach())
+    errors_sorted = torch.gather(errors, -1, perm)  # autograd: the gradient is scattered back through perm
     fg_sorted = torch.gather(fg, -1, perm)
     return (errors_sorted * lovasz_grad(fg_sorted)).sum(-1)
+
+
+# torch.sort picks its radix sort (fbgemm, parallel) only for 1-D integer tensors of at least this many elements
+# (ATen's GRAIN_SIZE); below it a batched sort is cheaper than a Python loop over rows.
+_RADIX_MIN_ROW = 32768
+
+
+def sort_order_descending(values: Tensor) -> Tensor:
+    """Indices sorting every row of ``(..., N)`` by decreasing value, ties in index order (a stable sort).
+
+    This is ``torch.sort(values, dim=-1, descending=True, stable=True).indices`` -- the same permutation on every
+    path. On CPU, float32 rows of at least 32768 non-negative values (the Lovász errors) are sorted as integers
+    instead: for non-negative IEEE floats the bit pattern, read as an int32, orders exactly like the value, so
+    ``0x7FFFFFFF - bits`` ascending is value descending, and torch sorts 1-D int32 tensors with a parallel radix
+    sort, about 2.6x faster than its comparison sort of float rows. ``-0.0`` is mapped to ``+0.0`` (they are
+    equal); NaN sorts first, as in ``torch.sort``. Negative values (never Lovász errors) take ``torch.sort``.
+    """
+    n = values.shape[-1]
+    radix = (values.device.type == "cpu" and values.dtype == torch.float32 and n >= _RADIX_MIN_ROW
+             and values.numel() > 0)
+    if radix:
+        rows = values.reshape(-1, n)
+        radix = not bool((rows < 0).any())
+    if not radix:
+        return torch.sort(values, dim=-1, descending=True, stable=True).indices
+    # dropping the sign bit maps -0.0 to +0.0 and -NaN to NaN; keys lie in [0, 0x7FFFFFFF], no overflow
+    keys = torch.sub(0x7FFFFFFF, torch.bitwise_and(rows.view(torch.int32), 0x7FFFFFFF))
+    perm = torch.empty(rows.shape, dtype=torch.int64)
+    sorted_keys = torch.empty_like(keys)
+    for r in range(rows.shape[0]):
+        torch.sort(keys[r], stable=True, out=(sorted_keys[r], perm[r]))
+    return perm.view(values.shape)

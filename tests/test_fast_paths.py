@@ -2,6 +2,8 @@
 
 * ``overlap_stats(..., hard=True)`` (fused autograd function for gamma > 1) vs the generic autograd graph;
 * ``lovasz_grad`` (one cumulative sum, no concatenation) vs Berman's formulation with two cumulative sums;
+* ``sort_order_descending`` (radix sort of float bits on CPU) vs ``torch.sort(descending=True, stable=True)``,
+  and the Lovász loss through it vs the same loss in float64 (which takes ``torch.sort``);
 * ``prepare_batch``'s one-hot (``labels == class``) vs ``zeros().scatter_(1, labels, 1)``.
 """
 import pytest
@@ -77,3 +79,65 @@ def test_label_onehot_equals_scatter(tdtype, ignore_label):
         labels = torch.where(labels != ignore_label, labels, 0)
     assert torch.equal(batch.onehot, torch.zeros_like(logits).scatter_(1, labels, 1))
     assert batch.hard
+
+
+def _tricky_rows(shape, seed):
+    """Non-negative float32 rows with many ties, both zeros, NaNs of both signs, values above 1, huge values."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(shape, generator=g)
+    v[..., ::7] = 0.25
+    v[..., 1::11] = 0.0
+    v[..., 2::13] = -0.0
+    v[..., 5::17] = 3.5
+    v[..., 6::19] = 3.0e38
+    v[..., 8::23] = float("inf")
+    flat = v.view(-1)
+    flat[9], flat[12] = float("nan"), -float("nan")
+    return v
+
+
+@pytest.mark.parametrize("shape", [(5, 300), (3, 40000), (2, 2, 70001), (1, 32768), (4, 32767)])
+def test_sort_order_is_torch_stable_descending_sort(shape):
+    v = _tricky_rows(shape, seed=shape[-1])
+    assert torch.equal(Fn.sort_order_descending(v), torch.sort(v, dim=-1, descending=True, stable=True).indices)
+
+
+def test_sort_order_with_negative_values_or_other_dtypes_falls_back_to_torch_sort():
+    g = torch.Generator().manual_seed(0)
+    for v in (torch.rand(2, 40000, generator=g) - 0.1, torch.rand(2, 40000, generator=g, dtype=torch.float64),
+              torch.rand(2, 40000, generator=g).half(), torch.rand(2, 0, 40000, generator=g)):
+        assert torch.equal(Fn.sort_order_descending(v), torch.sort(v, dim=-1, descending=True, stable=True).indices)
+
+
+def test_sort_order_radix_path_is_taken():
+    """Guards the speed-up itself: float32 CPU rows of >= 32768 elements must not go through a float sort."""
+    v = torch.rand(2, 40000)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        Fn.sort_order_descending(v)
+    shapes = [tuple(s[0]) for e in prof.events() if e.name == "aten::sort" for s in [e.input_shapes] if s]
+    assert shapes and all(len(s) == 1 for s in shapes), shapes  # 1-D int32 rows: torch's radix sort
+
+
+@pytest.mark.parametrize("region", [False, True])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_lovasz_on_the_radix_path_is_bitwise_the_torch_sort_path(region, batch_dice, monkeypatch):
+    """A 2 x 3 x 36^3 float32 volume (46656 voxels per row: radix path) with saturated logits (exact ties among
+    the errors): value and gradient are bit for bit those of the same loss sorted by ``torch.sort``."""
+    import nnunet_losses
+    g = torch.Generator().manual_seed(3 + region + 2 * batch_dice)
+    x = 4 * torch.randn(2, 3, 36, 36, 36, generator=g)
+    x[..., :4] *= 1000
+    if region:
+        y = (torch.rand(x.shape, generator=g) > 0.6).to(torch.int16)
+    else:
+        y = torch.randint(0, 3, (2, 1, 36, 36, 36), generator=g).to(torch.int16)
+    loss = nnunet_losses.get_loss("lovasz", region_based=region, batch_dice=batch_dice)
+    out = []
+    for min_row in (Fn._RADIX_MIN_ROW, 1 << 62):
+        monkeypatch.setattr(Fn, "_RADIX_MIN_ROW", min_row)
+        xx = x.clone().requires_grad_()
+        v = loss(xx, y)
+        v.backward()
+        out.append((v, xx.grad))
+    (v_radix, g_radix), (v_sort, g_sort) = out
+    assert torch.equal(v_radix, v_sort) and torch.equal(g_radix, g_sort)

@@ -22,6 +22,10 @@ class LovaszLoss(SegmentationLoss):
     ``batch_dice=False`` is Berman's ``per_image=True`` (one extension per sample, averaged); ``batch_dice=True``
     sorts all voxels of the batch together (all ranks' voxels with ``ddp=True``). ``do_bg`` (softmax only)
     includes the background class. A perfect prediction gives exactly 0.
+
+    Equal errors are taken in voxel order (a stable sort, :func:`~nnunet_losses.functional.sort_order_descending`):
+    the value does not depend on how ties are ordered, the (sub)gradient does, and this makes it deterministic
+    and the same on every device and path.
     """
 
     def __init__(self, batch_dice: bool = False, do_bg: bool = False, only_present: bool = True, ddp: bool = False,
