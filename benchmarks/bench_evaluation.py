@@ -14,6 +14,8 @@ with realistic probability maps: smooth logits inside a crop box, exact one-hot 
 
 * **bare load**: ``np.load(f)["probabilities"]`` of every file, one after the other -- the unavoidable cost of
   reading nnU-Net's compressed npz files (zlib inflate);
+* **our npz reader**: ``evaluation.npz.read_npz_array`` of every file, what ``evaluate`` reads them with (ISA-L's
+  inflate where the ``isal`` package is installed, which pyproject.toml does on x86_64/aarch64; else zlib);
 * **evaluate**: ``nnunet_losses.evaluation.evaluate(folder, reference_folder=...)`` without writing files: reading
   the npz and the references (dataset reader/writer), every statistic, the summary -- with ``num_processes=1``
   (a background thread inflates each npz while the reduction walks through the part already there) and with
@@ -93,6 +95,13 @@ def bare_load(pred: Path):
         del a
 
 
+def own_reader(pred: Path):
+    from nnunet_losses.evaluation.npz import read_npz_array
+    for f in sorted(pred.glob("*.npz")):
+        _, a = read_npz_array(f, ("probabilities",))
+        del a
+
+
 def run_eval(pred: Path, gt: Path, nproc: int):
     from nnunet_losses.evaluation import evaluate
     evaluate(pred, reference_folder=gt, num_processes=nproc, plots=False)
@@ -124,11 +133,14 @@ def main(argv=None):
         args.cases, args.shape, args.reps = 3, [48, 48, 48], 1
     import torch  # noqa: F401  (imported by evaluate anyway; keep its import out of the timings)
     from nnunet_losses.evaluation import evaluate  # noqa: F401
+    from nnunet_losses.evaluation import npz
+    inflater = "ISA-L" if npz._inflater.__name__.startswith("isal") else "zlib"
     with tempfile.TemporaryDirectory() as tmp:
         pred, gt = write_dataset(Path(tmp), args.cases, tuple(args.shape), args.classes)
         case_bytes = args.classes * int(np.prod(args.shape)) * 4
         disk = sum(f.stat().st_size for f in pred.glob("*.npz"))
         variants = {"bare np.load": lambda: bare_load(pred),
+                    f"our npz reader ({inflater})": lambda: own_reader(pred),
                     "evaluate (1 process)": lambda: run_eval(pred, gt, 1),
                     f"evaluate ({args.np} processes)": lambda: run_eval(pred, gt, args.np)}
         run_eval(pred, gt, 1)  # warm-up (page cache, imports)

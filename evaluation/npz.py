@@ -6,6 +6,10 @@ Python code, holding the GIL most of the time. This reader inflates the member's
 so a background thread can read the next case while the current one is reduced, and checks the CRC-32 like
 ``zipfile``. The result is identical to ``np.load``; anything unusual (encryption, other compression, object
 arrays, .npy format 3) falls back to ``np.load``.
+
+Inflating and checksumming use Intel's ISA-L (the ``isal`` package, a dependency on the platforms it has wheels
+for) when it imports: the same deflate format and CRC-32, bit for bit, but inflate is about 1.5x and CRC-32 about
+3x faster than zlib. Without it, the standard library's ``zlib`` does the same work.
 """
 from __future__ import annotations
 
@@ -16,6 +20,13 @@ import zlib
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+try:
+    from isal import isal_zlib as _inflater
+    _INFLATE_ERRORS: Tuple[type, ...] = (zlib.error, _inflater.error)
+except ImportError:  # pragma: no cover -- platforms without an isal wheel
+    _inflater = zlib
+    _INFLATE_ERRORS = (zlib.error,)
 
 STEP = 2 << 20       # bytes of output per inflate call
 IN_STEP = 1 << 20    # bytes of compressed input read at a time
@@ -28,7 +39,7 @@ class NpzDamaged(ValueError):
 class _Stream:
     def __init__(self, f, size: int, deflated: bool):
         self.f, self.left, self.pending = f, size, b""
-        self.d = zlib.decompressobj(-15) if deflated else None
+        self.d = _inflater.decompressobj(-15) if deflated else None
         self.crc = 0
 
     def read_into(self, mv: memoryview) -> None:
@@ -38,25 +49,28 @@ class _Stream:
                 got = self.f.readinto(mv[pos:pos + min(n - pos, STEP)])
                 if not got:
                     raise NpzDamaged("truncated file")
-                self.crc = zlib.crc32(mv[pos:pos + got], self.crc)
+                self.crc = _inflater.crc32(mv[pos:pos + got], self.crc)
                 self.left -= got
                 pos += got
                 continue
-            if not self.pending:
-                if self.left <= 0:
-                    raise NpzDamaged("compressed data ends early")
-                self.pending = self.f.read(min(self.left, IN_STEP))
-                if not self.pending:
-                    raise NpzDamaged("truncated file")
-                self.left -= len(self.pending)
-            out = self.d.decompress(self.pending, min(n - pos, STEP))
+            # inflate first, even with no new input: an inflater may hold output back from input it has already
+            # taken (ISA-L keeps it internally where zlib leaves it in unconsumed_tail)
+            try:
+                out = self.d.decompress(self.pending, min(n - pos, STEP))
+            except _INFLATE_ERRORS as e:
+                raise NpzDamaged(f"invalid deflate data ({e})") from None
             self.pending = self.d.unconsumed_tail
             if out:
                 mv[pos:pos + len(out)] = out
-                self.crc = zlib.crc32(out, self.crc)
+                self.crc = _inflater.crc32(out, self.crc)
                 pos += len(out)
-            elif not self.pending and self.left <= 0:
+                continue
+            if self.d.eof or self.pending or self.left <= 0:  # no output although the stream should go on
                 raise NpzDamaged("compressed data ends early")
+            self.pending = self.f.read(min(self.left, IN_STEP))
+            if not self.pending:
+                raise NpzDamaged("truncated file")
+            self.left -= len(self.pending)
 
     def read(self, n: int) -> bytes:
         buf = bytearray(n)
@@ -115,7 +129,10 @@ def _fill(f, s: _Stream, info: zipfile.ZipInfo, arr: np.ndarray, progress=None, 
             progress(pos)
     if s.d is not None and (s.pending or not s.d.eof):
         # the member must end exactly here
-        rest = s.d.decompress(s.pending + f.read(max(s.left, 0)), 1)
+        try:
+            rest = s.d.decompress(s.pending + f.read(max(s.left, 0)), 1)
+        except _INFLATE_ERRORS as e:
+            raise NpzDamaged(f"invalid deflate data ({e})") from None
         if rest or not s.d.eof:
             raise NpzDamaged("extra data after the array")
     if (s.crc & 0xFFFFFFFF) != info.CRC:

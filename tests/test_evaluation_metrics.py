@@ -400,8 +400,31 @@ def test_voxel_volume_2d_dummy_spacing(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # the npz reader (big inflate steps, CRC checked) returns exactly what np.load returns
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request, monkeypatch):
+    """Run with ISA-L (the default where it is installed) and with the standard library's zlib fallback."""
+    import zlib
+    import nnunet_losses.evaluation.npz as npz
+    if request.param == "isal":
+        isal_zlib = pytest.importorskip("isal.isal_zlib")
+        monkeypatch.setattr(npz, "_inflater", isal_zlib)
+        monkeypatch.setattr(npz, "_INFLATE_ERRORS", (zlib.error, isal_zlib.error))
+    else:
+        monkeypatch.setattr(npz, "_inflater", zlib)
+        monkeypatch.setattr(npz, "_INFLATE_ERRORS", (zlib.error,))
+    return request.param
+
+
+def test_isal_is_used_where_installed():
+    """pyproject.toml installs isal on x86_64/aarch64: the reader must then really use it."""
+    import platform
+    import nnunet_losses.evaluation.npz as npz
+    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
+        assert npz._inflater.__name__ == "isal.isal_zlib"
+
+
 @pytest.mark.parametrize("variant", ["compressed", "stored", "float16_softmax", "fortran", "empty"])
-def test_npz_reader_equals_np_load(tmp_path, variant, monkeypatch):
+def test_npz_reader_equals_np_load(tmp_path, variant, monkeypatch, inflater):
     import nnunet_losses.evaluation.npz as npz
     monkeypatch.setattr(npz, "STEP", 1000)  # many small steps: exercises the stream bookkeeping
     monkeypatch.setattr(npz, "IN_STEP", 777)
@@ -428,17 +451,21 @@ def test_npz_reader_equals_np_load(tmp_path, variant, monkeypatch):
     np.testing.assert_array_equal(b, ref)
 
 
-def test_npz_reader_damaged_files(tmp_path):
+def test_npz_reader_damaged_files(tmp_path, inflater):
     from nnunet_losses.evaluation.inputs import load_probabilities
     a = np.random.default_rng(0).random((2, 30, 30, 30)).astype(np.float32)
     f = tmp_path / "case_001.npz"
     np.savez_compressed(f, probabilities=a)
     raw = bytearray(f.read_bytes())
     (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
-    raw[len(raw) // 2] ^= 0xFF  # flip bits inside the deflate stream
-    (tmp_path / "flip.npz").write_bytes(raw)
+    flips = []
+    for where in (0.2, 0.35, 0.5, 0.65, 0.8):  # flip bits inside the deflate stream: bad codes or a CRC mismatch
+        bad = bytearray(raw)
+        bad[int(len(raw) * where)] ^= 0xFF
+        (tmp_path / f"flip{where}.npz").write_bytes(bad)
+        flips.append((f"flip{where}.npz", "damaged"))
     np.savez_compressed(tmp_path / "other.npz", seg=a)
-    for name, match in (("trunc.npz", "damaged"), ("flip.npz", "damaged"), ("other.npz", "no 'probabilities'"),
+    for name, match in (("trunc.npz", "damaged"), *flips, ("other.npz", "no 'probabilities'"),
                         ("missing.npz", "missing")):
         with pytest.raises(EvaluationError, match=match) as e:
             load_probabilities(tmp_path / name, hint="rerun X")
