@@ -10,6 +10,15 @@ import pytest
 
 BIN = Path(sys.executable).parent
 
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op torch thread for a module of tests on tiny tensors (``pytestmark = pytest.mark.usefixtures(
+    "single_torch_thread")``): a second thread only adds synchronisation, 3-4x slower on a busy 2-core machine."""
+    from loss_cases import one_torch_thread
+    with one_torch_thread():
+        yield
+
 #: (kind, dim) -> (dataset id, configuration); see nnunet_losses.synthetic
 DATASETS = {("labels", 3): (901, "3d_fullres"), ("regions", 3): (902, "3d_fullres"), ("ignore", 2): (903, "2d"),
             ("labels", 2): (904, "2d")}

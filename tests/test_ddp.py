@@ -28,21 +28,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from loss_cases import (BATCH_DICE_LOSSES, IGNORE, N_CLASSES, N_REGIONS, VOXEL_MEAN_COMPOUND, make_loss, make_target,
-                        one_torch_thread)
+from loss_cases import (BATCH_DICE_LOSSES, IGNORE, N_CLASSES, N_REGIONS, VOXEL_MEAN_COMPOUND, make_loss, make_target)
 
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                        reason="torch.distributed with the gloo backend is not available"),
+    pytest.mark.usefixtures("single_torch_thread"),  # tiny tensors: see conftest.py
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
 
 
 WORLD = 2

@@ -18,14 +18,11 @@ import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from loss_cases import ALL_LOSSES, IGNORE, N_CLASSES, make_loss, one_torch_thread
+from loss_cases import ALL_LOSSES, IGNORE, N_CLASSES, make_loss
 from nnunet_losses import deep_supervision_loss, nnunet_deep_supervision_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: see conftest.py
 
 SCALES = [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
 FULL_SHAPE = (8, 8, 12)

@@ -11,21 +11,12 @@ import torch
 import nnunet_losses
 from nnunet_losses import functional as Fn
 
-try:
-    from . import reference_impl as ref
-except ImportError:
-    import reference_impl as ref
+import reference_impl as ref
 
 RTOL, ATOL = 1e-10, 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin-wait on a loaded machine)."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: see conftest.py
 
 SHAPES = [(False, 2, (4, 5)), (False, 3, (4, 5, 3)), (False, 4, (5, 4)), (False, 5, (3, 4, 3)),
           (True, 1, (3, 4, 3)), (True, 2, (4, 5)), (True, 3, (4, 3, 3))]

@@ -25,13 +25,7 @@ except ImportError:
 RTOL, ATOL = 1e-10, 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin-wait on a loaded machine)."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: see conftest.py
 
 #: (region, channels, spatial) -- labels: C classes incl. background; regions: R regions
 SHAPES = [(False, 2, (4, 5)), (False, 3, (4, 5, 3)), (False, 4, (5, 4)),

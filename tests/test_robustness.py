@@ -16,14 +16,11 @@ import pytest
 import torch
 
 from loss_cases import (ALL_LOSSES, BATCH_DICE_LOSSES, IGNORE, N_REGIONS, SPATIAL, confident_logits, make_loss,
-                        make_target, n_outputs, one_torch_thread)
+                        make_target, n_outputs)
 from nnunet_losses import available_losses, loss_arguments
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny tensors: see conftest.py
 
 
 def _configs():
