@@ -442,3 +442,30 @@ def write_2d_case(image: np.ndarray, mask: Optional[np.ndarray], case_id: str, i
 
 RGB_CHANNELS = {0: "R", 1: "G", 2: "B"}  # as nnU-Net's Dataset120_RoadSegmentation
 
+
+
+class Mask2DConverter(Converter):
+    """2D image datasets with one image file and one binary (0/255) mask per case, stored as nnU-Net's
+    ``NaturalImage2DIO`` PNGs: RGB by default, one grey channel when ``channels`` names one channel."""
+
+    file_ending = ".png"
+    reader_writer = "NaturalImage2DIO"
+    channels: Dict[int, str] = RGB_CHANNELS
+
+    def channel_names(self):
+        return dict(self.channels)
+
+    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+        image = (read_rgb if len(self.channels) == 3 else read_gray)(case.images[0])
+        mask = read_mask(case.label) if case.label is not None and labels_dir is not None else None
+        write_2d_case(image, mask, case.case_id, images_dir, labels_dir, case.images[0], case.label)
+
+
+def case_with_label(case_id: str, image: Path, label: Path, required: bool, missing: List[str], shown: str) -> Case:
+    """The case of ``image`` with ``label`` if that file exists; if not, a case without label, and ``shown`` (the
+    label's path as the user should read it) is added to ``missing`` when the label is ``required``."""
+    if label.is_file():
+        return Case(case_id, (image,), label)
+    if required:
+        missing.append(shown)
+    return Case(case_id, (image,), None)

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .base import Case, Converter, SourceDataError, Variant, check_label_values, copy_nifti, visible_dirs, \
+from .base import Case, Converter, Variant, check_label_values, copy_nifti, visible_dirs, \
     write_label_like
 
 TRAIN_DIR = "MICCAI_BraTS_2018_Data_Training"
@@ -105,7 +105,7 @@ class BraTS2018(Converter):
                 copy_BraTS_segmentation_and_convert_labels_to_nnUNet
             try:
                 copy_BraTS_segmentation_and_convert_labels_to_nnUNet(str(case.label), str(dst))
-            except RuntimeError as e:  # nnU-Net raises a bare 'unexpected label': name the file and values
+            except RuntimeError:  # nnU-Net raises a bare 'unexpected label': name the file and values
                 import SimpleITK as sitk
                 check_label_values(sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))), BRATS_LABELS, case.label)
                 raise

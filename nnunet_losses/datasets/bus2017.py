@@ -7,14 +7,14 @@ stored as grey (an RGB copy is converted to grey), one channel.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
-from .base import Case, Converter, Variant, read_gray, read_mask, visible_files, write_2d_case
+from .base import Case, Mask2DConverter, Variant, visible_files
 
 ROOT = "BUS_Dataset_B"
 
 
-class BUS2017(Converter):
+class BUS2017(Mask2DConverter):
     key = "bus2017"
     title = "BUS 2017 dataset B"
     dataset_name = "BUS2017B"
@@ -22,14 +22,10 @@ class BUS2017(Converter):
     release = "Dataset B (163 images)"
     citation = "Yap et al., IEEE J. Biomed. Health Inform. 22(4):1218-1226 (2018)"
     licence = "research use under the data owners' licence agreement"
-    file_ending = ".png"
-    reader_writer = "NaturalImage2DIO"
+    channels = {0: "ultrasound"}
     variants = {"lesion": Variant("lesion", "", {"background": 0, "lesion": 1}, 551, "binary breast lesion",
                                   binary=True)}
     default_variant = default_binary = "lesion"
-
-    def channel_names(self):
-        return {0: "ultrasound"}
 
     def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
         root = source if (source / "original").is_dir() or (source / "GT").is_dir() else source / ROOT
@@ -49,10 +45,6 @@ class BUS2017(Converter):
         if missing:
             raise self.layout_error(source, missing)
         return cases, []
-
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
-        write_2d_case(read_gray(case.images[0]), read_mask(case.label), case.case_id, images_dir, labels_dir,
-                      case.images[0], case.label)
 
 
 CONVERTER = BUS2017

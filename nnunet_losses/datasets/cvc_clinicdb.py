@@ -7,15 +7,15 @@ archive has TIFF files; the widely used Kaggle copy has ``PNG/`` and ``TIF/`` fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
-from .base import RGB_CHANNELS, Case, Converter, Variant, read_mask, read_rgb, visible_files, write_2d_case
+from .base import Case, Mask2DConverter, Variant, visible_files
 
 IMAGES, MASKS = "Original", "Ground Truth"
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
 
 
-class CVCClinicDB(Converter):
+class CVCClinicDB(Mask2DConverter):
     key = "cvc-clinicdb"
     title = "CVC-ClinicDB"
     dataset_name = "CVCClinicDB"
@@ -23,14 +23,9 @@ class CVCClinicDB(Converter):
     release = "CVC-ClinicDB (612 frames)"
     citation = "Bernal et al., Comput. Med. Imaging Graph. 43:99-111 (2015)"
     licence = "research and educational use only (see the dataset page)"
-    file_ending = ".png"
-    reader_writer = "NaturalImage2DIO"
     variants = {"polyp": Variant("polyp", "", {"background": 0, "polyp": 1}, 554, "binary colorectal polyp",
                                  binary=True)}
     default_variant = default_binary = "polyp"
-
-    def channel_names(self):
-        return dict(RGB_CHANNELS)
 
     def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
         candidates = [source, source / "CVC-ClinicDB", source / "TIF", source / "PNG",
@@ -54,10 +49,6 @@ class CVCClinicDB(Converter):
         if missing:
             raise self.layout_error(source, missing)
         return cases, []
-
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
-        write_2d_case(read_rgb(case.images[0]), read_mask(case.label), case.case_id, images_dir, labels_dir,
-                      case.images[0], case.label)
 
 
 CONVERTER = CVCClinicDB

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
-from .base import RGB_CHANNELS, Case, Converter, Variant, read_mask, read_rgb, visible_files, write_2d_case
+from .base import Case, Mask2DConverter, Variant, case_with_label, visible_files
 
 IMAGE_RE = re.compile(r"^(?P<n>\d+)_(?P<split>training|test)\.tiff?$", re.IGNORECASE)
 
 
-class DRIVE(Converter):
+class DRIVE(Mask2DConverter):
     key = "drive"
     title = "DRIVE"
     dataset_name = "DRIVE"
@@ -24,14 +24,9 @@ class DRIVE(Converter):
     release = "DRIVE.zip (20 training + 20 test images)"
     citation = "Staal et al., IEEE TMI 23(4):501-509 (2004)"
     licence = "see https://drive.grand-challenge.org/"
-    file_ending = ".png"
-    reader_writer = "NaturalImage2DIO"
     variants = {"vessel": Variant("vessel", "", {"background": 0, "vessel": 1}, 550, "binary retinal vessels",
                                   binary=True)}
     default_variant = default_binary = "vessel"
-
-    def channel_names(self):
-        return dict(RGB_CHANNELS)
 
     def _split(self, root: Path, split: str, source: Path, labels_required: bool, missing: List[str]):
         folder = root / split / "images"
@@ -44,13 +39,9 @@ class DRIVE(Converter):
         manual = root / split / "1st_manual"
         cases = []
         for p in images:
-            n = IMAGE_RE.match(p.name).group("n")
-            label: Optional[Path] = manual / f"{n}_manual1.gif"
-            if not label.is_file():
-                if labels_required:
-                    missing.append(f"{label.relative_to(source)}")
-                label = None
-            cases.append(Case(p.name.rsplit(".", 1)[0], (p,), label))
+            label = manual / f"{IMAGE_RE.match(p.name).group('n')}_manual1.gif"
+            cases.append(case_with_label(p.name.rsplit(".", 1)[0], p, label, labels_required, missing,
+                                         str(label.relative_to(source))))
         return cases
 
     def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
@@ -63,10 +54,6 @@ class DRIVE(Converter):
         if missing:
             raise self.layout_error(source, missing)
         return train, test
-
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
-        mask = read_mask(case.label) if case.label is not None and labels_dir is not None else None
-        write_2d_case(read_rgb(case.images[0]), mask, case.case_id, images_dir, labels_dir, case.images[0], case.label)
 
 
 CONVERTER = DRIVE

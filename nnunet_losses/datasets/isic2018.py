@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
-from .base import RGB_CHANNELS, Case, Converter, Variant, read_mask, read_rgb, visible_files, write_2d_case
+from .base import Case, Mask2DConverter, Variant, case_with_label, visible_files
 
 IMAGE_RE = re.compile(r"^ISIC_\d+\.jpe?g$", re.IGNORECASE)
 SPLITS = ("Training", "Validation", "Test")
@@ -26,7 +26,7 @@ def truth_dir(split: str) -> str:
     return f"ISIC2018_Task1_{split}_GroundTruth"
 
 
-class ISIC2018(Converter):
+class ISIC2018(Mask2DConverter):
     key = "isic2018"
     title = "ISIC 2018 task 1"
     dataset_name = "ISIC2018"
@@ -34,14 +34,9 @@ class ISIC2018(Converter):
     release = "ISIC 2018 task 1 training data (2594 images)"
     citation = "Codella et al., arXiv:1902.03368 (2019); Tschandl et al., Sci. Data 5:180161 (2018)"
     licence = "CC BY-NC 4.0 (see LICENSE.txt in the input archive)"
-    file_ending = ".png"
-    reader_writer = "NaturalImage2DIO"
     variants = {"lesion": Variant("lesion", "", {"background": 0, "lesion": 1}, 553, "binary skin lesion",
                                   binary=True)}
     default_variant = default_binary = "lesion"
-
-    def channel_names(self):
-        return dict(RGB_CHANNELS)
 
     def _split(self, source: Path, split: str, labels_required: bool, missing: List[str]) -> List[Case]:
         images = [p for p in visible_files(source / input_dir(split), (".jpg", ".jpeg")) if IMAGE_RE.match(p.name)]
@@ -52,12 +47,8 @@ class ISIC2018(Converter):
         cases = []
         for p in images:
             case_id = p.name.rsplit(".", 1)[0]
-            label: Optional[Path] = truth / f"{case_id}_segmentation.png"
-            if not label.is_file():
-                if labels_required or have_truth:
-                    missing.append(f"{truth_dir(split)}/{case_id}_segmentation.png")
-                label = None
-            cases.append(Case(case_id, (p,), label))
+            cases.append(case_with_label(case_id, p, truth / f"{case_id}_segmentation.png", labels_required or have_truth,
+                                         missing, f"{truth_dir(split)}/{case_id}_segmentation.png"))
         if have_truth:
             ids = {c.case_id for c in cases}
             for m in visible_files(truth, ("_segmentation.png",)):
@@ -77,10 +68,6 @@ class ISIC2018(Converter):
         if missing:
             raise self.layout_error(source, missing)
         return train, test
-
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
-        mask = read_mask(case.label) if case.label is not None and labels_dir is not None else None
-        write_2d_case(read_rgb(case.images[0]), mask, case.case_id, images_dir, labels_dir, case.images[0], case.label)
 
 
 CONVERTER = ISIC2018

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import numpy as np
 
 from .base import Case, Converter, Variant, check_label_values, visible_dirs, write_label_like
 
