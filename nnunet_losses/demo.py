@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 DEFAULT_TRAINERS = ("nnUNetTrainer_CEonly", "nnUNetTrainer_SoftDice")
 

@@ -25,7 +25,6 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 FAMILIES = ["nnUNetTrainer", "nnUNetTrainer_CEonly", "nnUNetTrainer_wCE", "nnUNetTrainer_Focal",

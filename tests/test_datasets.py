@@ -6,7 +6,6 @@ dataset is put in place, and every test checks that the download is byte-for-byt
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,6 @@ would be, so packaging them against the download must give back the download's o
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 

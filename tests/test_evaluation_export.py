@@ -73,7 +73,6 @@ def read(path):
 @pytest.mark.parametrize("dim, regions", [(3, False), (3, True), (2, False)])
 def test_export_geometry_round_trip(tmp_path, dim, regions):
     pred, gt = make_prediction_folder(tmp_path, dim=dim, regions=regions)
-    spec = TaskSpec.from_dataset_json(json.loads((pred / "dataset.json").read_text()))
     thr = [0.3, 0.6]
     info = export_thresholded(pred, tmp_path / "out", thresholds=thr)
     assert info["n_cases"] == 3 and (tmp_path / "out" / "thresholds.json").is_file()

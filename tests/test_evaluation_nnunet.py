@@ -217,11 +217,9 @@ def test_threshold_export_nnunet_rule_is_nnunets_export(nnunet_env, tmp_path, ke
 
 
 def test_threshold_export_custom_and_best_thresholds(nnunet_env, tmp_path):
-    from nnunet_losses.evaluation import TaskSpec, evaluate, export_thresholded
+    from nnunet_losses.evaluation import evaluate, export_thresholded
     key = ("labels", 3)
     folder = nnunet_env.folder(key)
-    dj = json.loads((folder / "dataset.json").read_text())
-    spec = TaskSpec.from_dataset_json(dj)
     export_thresholded([folder / "fold_0"], tmp_path / "t03", thresholds=[0.3])
     for npz in sorted((folder / "fold_0" / "validation").glob("*.npz")):
         p = np.load(npz)["probabilities"]
