@@ -29,6 +29,18 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_deep_supervision_weights(weights) -> Optional[tuple]:
+    """``None`` (nnU-Net's weighting) or a tuple of finite, non-negative floats of which at least one is positive."""
+    if weights is None:
+        return None
+    values = tuple(weights) if hasattr(weights, "__iter__") and not isinstance(weights, (str, bytes)) else None
+    if not values or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                             for w in values) or not any(w > 0 for w in values):
+        raise ValueError(f"deep_supervision_weights must be finite numbers >= 0, at least one of them > 0 (one per "
+                         f"network output; None = nnU-Net's 1/2**i weighting), got {weights!r}")
+    return tuple(float(w) for w in values)
+
+
 class SegmentationLoss(nn.Module):
     """A loss called as ``loss(logits, target)`` on nnU-Net's network output and target.
 
@@ -51,8 +63,7 @@ class SegmentationLoss(nn.Module):
         if ignore_label is not None and (isinstance(ignore_label, bool) or not isinstance(ignore_label, int)):
             raise ValueError(f"ignore_label must be an int label value or None, got {ignore_label!r}")
         self.ignore_label = ignore_label
-        self.deep_supervision_weights = None if deep_supervision_weights is None else tuple(
-            float(w) for w in deep_supervision_weights)
+        self.deep_supervision_weights = check_deep_supervision_weights(deep_supervision_weights)
 
     def forward(self, logits, target) -> Tensor:
         if isinstance(logits, (list, tuple)):

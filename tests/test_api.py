@@ -102,6 +102,13 @@ INVALID = [
     ("wce", {"class_priors": [0.5, 0.3]}, "sum to 1"), ("wce", {"class_priors": [0.9, 0.3, 0.1]}, "sum to 1"),
     ("wce", {"class_priors": [1.0, 0.0]}, "class_priors"), ("wce", {"class_priors": []}, "class_priors"),
     ("wce", {"class_priors": [0.5, 1.0], "region_based": True}, "class_priors"),
+    ("softdice", {"deep_supervision_weights": [1, -0.5]}, "deep_supervision_weights"),
+    ("lovasz", {"deep_supervision_weights": [float("nan"), 1]}, "deep_supervision_weights"),
+    ("ce", {"deep_supervision_weights": [0, 0]}, "deep_supervision_weights"),
+    ("dscpp", {"deep_supervision_weights": []}, "deep_supervision_weights"),
+    ("combo", {"deep_supervision_weights": 0.5}, "deep_supervision_weights"),
+    ("dice_ce", {"deep_supervision_weights": "1,0.5"}, "deep_supervision_weights"),
+    ("tversky", {"deep_supervision_weights": [1, float("inf")]}, "deep_supervision_weights"),
 ]
 
 
@@ -115,7 +122,8 @@ def test_invalid_argument_values_raise_one_line_value_error(name, kwargs, fragme
 VALID_EDGES = [("focal", {"gamma": 0}), ("focal", {"alpha": None}), ("unified_focal", {"gamma": 0}),
                ("unified_focal", {"lambda_": 0}), ("unified_focal", {"lambda_": 1}), ("softdice", {"smooth": 0}),
                ("tversky", {"alpha": 0}), ("combo", {"alpha": 1}), ("dice_ce", {"weight_ce": 0}),
-               ("wce", {"class_priors": [0.2, 0.7], "region_based": True}), ("ce", {"ignore_label": 4})]
+               ("wce", {"class_priors": [0.2, 0.7], "region_based": True}), ("ce", {"ignore_label": 4}),
+               ("softdice", {"deep_supervision_weights": [1, 0.5, 0]}), ("ce", {"deep_supervision_weights": (0, 1)})]
 
 
 @pytest.mark.parametrize("name,kwargs", VALID_EDGES, ids=[f"{n}-{kw}" for n, kw in VALID_EDGES])
