@@ -36,8 +36,10 @@ def safe_pow(x: Tensor, exponent: float) -> Tensor:
     confident prediction, Focal Tversky at a perfect prediction). The DSC++ authors clamp ``p`` and ``y`` to
     ``[eps, 1-eps]``, which adds ``eps**gamma`` to *every* voxel's FP/FN term (for gamma=0.5 and 1e7 background
     voxels that is a visible bias). We instead keep the exact power for ``x >= POW_EPS`` and continue it linearly
-    below (value ``x * POW_EPS**(e-1)``): the value is exactly 0 at 0, continuous at ``POW_EPS``, and the
-    derivative is bounded by ``e * POW_EPS**(e-1)``.
+    below (value ``x * POW_EPS**(e-1)``): the value is exactly 0 at 0 and continuous at ``POW_EPS``. The
+    derivative is ``e * x**(e-1)`` above ``POW_EPS`` and ``POW_EPS**(e-1)`` on ``(0, POW_EPS]``, so it is bounded
+    by ``POW_EPS**(e-1)``; at ``x = 0`` it is 0 (the clamp that absorbs negative rounding noise meets the
+    linear piece there, and 0 is a subgradient of that kink).
     """
     if exponent == 1:
         return x
@@ -47,7 +49,8 @@ def safe_pow(x: Tensor, exponent: float) -> Tensor:
     if exponent > 1:
         return x ** exponent
     exact = x.clamp_min(POW_EPS) ** exponent  # clamped so that the unselected branch has a finite gradient
-    return torch.where(x >= POW_EPS, exact, x * (POW_EPS ** (exponent - 1)))
+    # at x == POW_EPS the linear piece is taken: the clamp above would give the exact piece a zero derivative there
+    return torch.where(x > POW_EPS, exact, x * (POW_EPS ** (exponent - 1)))
 
 
 def log_one_minus_softmax(logits: Tensor) -> Tensor:

@@ -256,3 +256,22 @@ def test_fractional_exponents_have_finite_gradients(name, kwargs, region):
         perfect, _ = value_and_grad(loss, confident_logits(region, target, 1e4), target)
         worse, _ = value_and_grad(loss, confident_logits(region, target, 1e4, right=False), target)
         assert perfect < worse
+
+
+@pytest.mark.parametrize("exponent", [0.25, 0.5, 0.9])
+def test_safe_pow_value_and_derivative_as_documented(exponent):
+    """safe_pow below 1: exact power above POW_EPS, linear continuation below, derivative as its docstring says
+    (and never 0 except at 0, where it is a subgradient of the kink)."""
+    from nnunet_losses.functional import POW_EPS, safe_pow
+    e, slope = exponent, POW_EPS ** (exponent - 1)
+    cases = {0.0: (0.0, 0.0), POW_EPS / 2: (POW_EPS / 2 * slope, slope), POW_EPS: (POW_EPS ** e, slope),
+             2 * POW_EPS: ((2 * POW_EPS) ** e, e * (2 * POW_EPS) ** (e - 1)), 0.5: (0.5 ** e, e * 0.5 ** (e - 1)),
+             -1e-9: (0.0, 0.0)}
+    for x0, (value, derivative) in cases.items():
+        x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
+        y = safe_pow(x, exponent)
+        y.backward()
+        assert y.item() == pytest.approx(value, rel=1e-12, abs=0), x0
+        assert x.grad.item() == pytest.approx(derivative, rel=1e-12, abs=0), x0
+    x = torch.tensor([3e-9, 7e-9, 3e-8, 0.2, 0.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: safe_pow(t, exponent), (x,), eps=1e-10, atol=1e-6)
