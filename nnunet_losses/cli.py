@@ -1,8 +1,9 @@
 """The package's single console command, ``nnunet-losses``, with one subcommand per tool.
 
 Each tool registers its own subcommands: a module listed in ``SUBCOMMAND_MODULES`` defines
-``add_subcommands(subparsers)``, adding parsers whose ``func(args) -> int`` runs the tool. Modules are imported
-only when the command runs, so a tool's heavy imports do not slow down the others.
+``add_subcommands(subparsers)``, adding parsers whose ``func(args) -> int`` runs the tool. ``nnunet-losses CMD``
+imports only the module of CMD (``SUBCOMMAND_MODULES`` says which), so a tool's heavy imports -- the trainers
+import all of nnU-Net, about 5 s -- do not slow down the others; the overview (``-h``) imports them all.
 """
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import inspect
 import sys
 from typing import List, Optional
 
-SUBCOMMAND_MODULES = [
-    "nnunet_losses.cli",  # losses
-    "nnunet_losses.trainers.cli",  # trainer-path, trainers
-    "nnunet_losses.theory",  # theory
-    "nnunet_losses.phantom",  # phantom
-    "nnunet_losses.datasets.cli",  # convert, package
-    "nnunet_losses.evaluation.cli",  # evaluate, compare, threshold
-    "nnunet_losses.demo",  # demo
-]
+#: module -> the subcommands its ``add_subcommands`` registers (a test checks that they agree)
+SUBCOMMAND_MODULES = {
+    "nnunet_losses.cli": ("losses",),
+    "nnunet_losses.trainers.cli": ("trainer-path", "trainers"),
+    "nnunet_losses.theory": ("theory",),
+    "nnunet_losses.phantom": ("phantom",),
+    "nnunet_losses.datasets.cli": ("convert", "package"),
+    "nnunet_losses.evaluation.cli": ("evaluate", "compare", "threshold"),
+    "nnunet_losses.demo": ("demo",),
+}
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:
@@ -40,17 +42,21 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=_cmd_losses)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The full parser, or (``command`` given and known) one with only the subcommands of ``command``'s module."""
+    modules = [m for m, commands in SUBCOMMAND_MODULES.items() if command in commands] or list(SUBCOMMAND_MODULES)
     parser = argparse.ArgumentParser(prog="nnunet-losses",
                                      description="Segmentation losses, trainers and evaluation for nnU-Net v2.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in SUBCOMMAND_MODULES:
+    for module in modules:
         importlib.import_module(module).add_subcommands(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None  # the top level has no options but -h
+    args = build_parser(command).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -201,6 +201,26 @@ def test_console_command_lists_every_loss():
     assert listed_names(proc.stdout) == available_losses()
 
 
+def test_cli_subcommand_table_matches_what_the_modules_register():
+    """``nnunet-losses CMD`` imports only the module SUBCOMMAND_MODULES names for CMD: the table must be right."""
+    import argparse
+    import importlib
+    from nnunet_losses.cli import SUBCOMMAND_MODULES
+    for module, commands in SUBCOMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).add_subcommands(sub)
+        assert tuple(sub.choices) == commands, module
+
+
+def test_cli_runs_a_subcommand_without_importing_the_trainers():
+    """``nnunet-losses losses`` must not pay for importing nnU-Net's trainers (seconds)."""
+    code = ("import sys; from nnunet_losses.cli import main; main(['losses']); "
+            "print('TRAINERS_IMPORTED' if 'nnunet_losses.trainers' in sys.modules else 'LIGHT')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "LIGHT"
+
+
 def test_cli_verbose_listing_and_usage_errors(capsys):
     from nnunet_losses.cli import main
     assert main(["losses", "-v"]) == 0
