@@ -5,7 +5,9 @@ Each case is a noisy image of one or two nested blobs; the label map marks them.
 * ``kind="labels"``: labels background/outer/inner (3 classes, nested spheres);
 * ``kind="regions"``: the same images, dataset.json declares nnU-Net regions ``whole = [1, 2]`` and
   ``inner = [2]`` with ``regions_class_order`` -- region-based (sigmoid) training;
-* ``kind="ignore"``: a binary task where a slab of every label map is marked with the ignore label.
+* ``kind="ignore"``: a binary task where a slab of every label map is marked with the ignore label;
+* ``kind="regions_ignore"``: the regions of ``"regions"`` plus an ignore label (3) on a slab of every label map
+  (nnU-Net then appends the ignore mask to the region targets as a last channel).
 
 ``dim=2`` writes single-slice NIfTI images (shape ``1 x H x W``), which nnU-Net plans as a 2D dataset.
 """
@@ -17,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-KINDS = ("labels", "regions", "ignore")
+KINDS = ("labels", "regions", "ignore", "regions_ignore")
 
 
 def _blob_case(rng: np.random.Generator, shape: Sequence[int], noise: float):
@@ -48,7 +50,7 @@ def write_synthetic_dataset(raw_root: str | Path, dataset_id: int, kind: str = "
     shape = tuple(int(s) for s in shape)
     if dim == 2:
         shape = (1,) + shape[-2:]
-    name = f"Dataset{dataset_id:03d}_Synthetic{kind.capitalize()}{dim}D"
+    name = f"Dataset{dataset_id:03d}_Synthetic{''.join(w.capitalize() for w in kind.split('_'))}{dim}D"
     out = Path(raw_root) / name
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another dataset_id or remove it yourself")
@@ -60,6 +62,8 @@ def write_synthetic_dataset(raw_root: str | Path, dataset_id: int, kind: str = "
         if kind == "ignore":
             label = (label > 0).astype(np.uint8)
             label[..., : max(1, shape[-1] // 6)] = 2  # a slab of unannotated voxels
+        elif kind == "regions_ignore":
+            label[..., : max(1, shape[-1] // 6)] = 3
         case = f"case_{i:03d}"
         for arr, path in ((image, out / "imagesTr" / f"{case}_0000.nii.gz"), (label, out / "labelsTr" / f"{case}.nii.gz")):
             img = sitk.GetImageFromArray(arr)
@@ -67,10 +71,11 @@ def write_synthetic_dataset(raw_root: str | Path, dataset_id: int, kind: str = "
             sitk.WriteImage(img, str(path))
     labels = {"labels": {"background": 0, "outer": 1, "inner": 2},
               "regions": {"background": 0, "whole": [1, 2], "inner": [2]},
-              "ignore": {"background": 0, "foreground": 1, "ignore": 2}}[kind]
+              "ignore": {"background": 0, "foreground": 1, "ignore": 2},
+              "regions_ignore": {"background": 0, "whole": [1, 2], "inner": [2], "ignore": 3}}[kind]
     dataset_json = {"channel_names": {"0": "noise"}, "labels": labels, "numTraining": n_cases,
                     "file_ending": ".nii.gz", "name": name}
-    if kind == "regions":
+    if kind in ("regions", "regions_ignore"):
         dataset_json["regions_class_order"] = [1, 2]
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return out

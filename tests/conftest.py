@@ -21,7 +21,7 @@ def single_torch_thread():
 
 #: (kind, dim) -> (dataset id, configuration); see nnunet_losses.synthetic
 DATASETS = {("labels", 3): (901, "3d_fullres"), ("regions", 3): (902, "3d_fullres"), ("ignore", 2): (903, "2d"),
-            ("labels", 2): (904, "2d")}
+            ("labels", 2): (904, "2d"), ("regions_ignore", 2): (905, "2d")}
 
 
 def run_cli(args, env=None, timeout=900, check=True) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ many times slower).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -29,8 +30,10 @@ pytestmark = pytest.mark.slow
 
 # 2 epochs of 20 iterations: enough for soft Dice / DSC++ to go down reliably on these data (12 are not)
 EPOCHS, ITERATIONS = 2, 20
-LABELS3, REGIONS3, IGNORE2 = ("labels", 3), ("regions", 3), ("ignore", 2)
+LABELS3, REGIONS3, IGNORE2, REGIONS_IGNORE2 = ("labels", 3), ("regions", 3), ("ignore", 2), ("regions_ignore", 2)
 PLANS = "nnUNetPlansSmall"
+#: comma-separated job names: run only those (see ``build_jobs``), for working on one trainer test
+SELECT_ENV = "NNUNET_LOSSES_TEST_JOBS"
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Runs:
         self.ws, self.datasets, self.jobs = ws, datasets, jobs
 
     def job(self, name) -> Job:
+        if name not in self.jobs:
+            pytest.skip(f"job {name} not selected by {SELECT_ENV}")
         job = self.jobs[name]
         assert job.ok, f"job {name} failed (exit {job.returncode}):\n{job.output()}"
         return job
@@ -106,6 +111,7 @@ def build_jobs() -> List[Job]:
         Job("Lovasz_ignore", IGNORE2, _train("nnUNetTrainer_Lovasz", "--npz")),
         Job("UNet_SoftDice_ignore", IGNORE2, _train("nnUNetTrainer_UNet_SoftDice", "--npz")),
         Job("wCE_regions", REGIONS3, _train("nnUNetTrainer_wCE", "--npz"), env=fewer),
+        Job("DSCpp_regions_ignore", REGIONS_IGNORE2, _train("nnUNetTrainer_DSCpp", "--npz")),
         Job("finetune", LABELS3, _train("nnUNetTrainer_SoftDice_finetune", "-pretrained_weights", ce_ckpt),
             after=["CEonly"]),
         # one more epoch on top of the finished LR run (checkpoint_final): Adam state, plateau schedule, no DS
@@ -190,6 +196,13 @@ def runs(nnunet_workspace) -> Runs:
                  MKL_NUM_THREADS=1, NNUNET_LOSSES_EPOCHS=EPOCHS, NNUNET_LOSSES_ITERATIONS=ITERATIONS,
                  NNUNET_LOSSES_VAL_ITERATIONS=1)
     jobs = build_jobs()
+    selected = os.environ.get(SELECT_ENV)
+    if selected:  # development: run only some jobs (and what they come after); the tests of the others skip
+        wanted = set(selected.split(","))
+        for job in reversed(jobs):
+            if job.name in wanted:
+                wanted.update(job.after)
+        jobs = [job for job in jobs if job.name in wanted]
     t0 = time.time()
     datasets = run_jobs(ws, jobs, env)
     summary = ", ".join(f"{j.name} {j.seconds:.0f}s" for j in jobs)
@@ -355,3 +368,24 @@ def test_train_regions_wce(runs):
     assert entry["priors"][0] > entry["priors"][1] > 0  # "whole" contains "inner"
     log = "".join(p.read_text() for p in runs.fold(REGIONS3, trainer).glob("training_log_*.txt"))
     assert "weighted CE, class priors" in log and "background weights" in log
+
+
+def test_train_regions_with_ignore_label_2d(runs, monkeypatch, tmp_path):
+    """Regions *and* an ignore label: nnU-Net appends the ignore mask to the region targets as a last channel,
+    which the loss must drop and use as its mask. Training, validation export, then our evaluation of the fold
+    (ignored voxels excluded from every metric)."""
+    from nnunet_losses.evaluation import evaluate
+    runs.job("DSCpp_regions_ignore")
+    trainer = "nnUNetTrainer_DSCpp"
+    check_training(runs, REGIONS_IGNORE2, trainer, softmax=False, n_channels=2)  # 2 sigmoid regions, no ignore
+    log = "".join(p.read_text() for p in runs.fold(REGIONS_IGNORE2, trainer).glob("training_log_*.txt"))
+    assert "DSCppLoss(region_based=True, ignore_label=3," in log, log[-3000:]
+    for k, v in (("nnUNet_raw", runs.ws.raw), ("nnUNet_preprocessed", runs.ws.preprocessed),
+                 ("nnUNet_results", runs.ws.results)):
+        monkeypatch.setenv(k, str(v))
+    summary = evaluate([runs.fold(REGIONS_IGNORE2, trainer)], tmp_path / "eval", plots=False)
+    assert len(summary["metric_per_case"]) == len(runs.val_keys(REGIONS_IGNORE2))
+    for c in summary["metric_per_case"]:
+        gt = runs.gt(REGIONS_IGNORE2, Path(c["reference_file"]).name.split(".")[0])
+        assert c["n_ignored"] == int((gt == 3).sum()) > 0
+        assert c["n_voxels"] == int((gt != 3).sum())
