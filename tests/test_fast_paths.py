@@ -4,6 +4,7 @@
 * ``lovasz_grad`` (one cumulative sum, no concatenation) vs Berman's formulation with two cumulative sums;
 * ``sort_order_descending`` (radix sort of float bits on CPU) vs ``torch.sort(descending=True, stable=True)``,
   and the Lovász loss through it vs the same loss in float64 (which takes ``torch.sort``);
+* ``sigmoid_binary_nll`` (torch's fused BCE with logits) vs ``binary_focal_nll`` with gamma 0 (to rounding);
 * ``prepare_batch``'s one-hot (``labels == class``) vs ``zeros().scatter_(1, labels, 1)``.
 """
 import pytest
@@ -141,3 +142,39 @@ def test_lovasz_on_the_radix_path_is_bitwise_the_torch_sort_path(region, batch_d
         out.append((v, xx.grad))
     (v_radix, g_radix), (v_sort, g_sort) = out
     assert torch.equal(v_radix, v_sort) and torch.equal(g_radix, g_sort)
+
+
+WEIGHTS = [(1.0, 1.0), (0.7, 0.7), (0.8, 0.2), (1.0, 0.0), ("per-channel", "per-channel"), ("per-channel", 0.5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("w_pos,w_neg", WEIGHTS)
+@pytest.mark.parametrize("soft", [False, True])
+def test_fused_sigmoid_nll_equals_the_general_formula(dtype, w_pos, w_neg, soft):
+    """Values and gradients of the fused path against binary_focal_nll(logsigmoid(x), logsigmoid(-x), ...),
+    with +-1e4 logits, soft and hard targets, scalar and per-channel weights (w- = 0: the fallback)."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(7)
+    x = 4 * torch.randn(2, 3, 6, 5, 4, generator=g, dtype=torch.float64)
+    x[..., 0] = 1e4 * torch.sign(x[..., 0])
+    y = torch.rand(x.shape, generator=g, dtype=torch.float64)
+    y = y if soft else (y > 0.5).to(torch.float64)
+    x, y = x.to(dtype), y.to(dtype)
+    per_channel = torch.tensor([0.2, 1.5, 3.0], dtype=torch.float64)
+    wp = per_channel if w_pos == "per-channel" else w_pos
+    wn = per_channel.flip(0) if w_neg == "per-channel" else w_neg
+    grads = []
+    for fused in (True, False):
+        xx = x.clone().requires_grad_()
+        if fused:
+            nll = Fn.sigmoid_binary_nll(xx, y, wp, wn)
+        else:
+            nll = Fn.binary_focal_nll(F.logsigmoid(xx), F.logsigmoid(-xx), y, wp, wn)
+        weights = torch.linspace(0.5, 1.5, nll.numel(), dtype=dtype).view(nll.shape)
+        (nll * weights).sum().backward()
+        grads.append((nll.detach(), xx.grad))
+    (v_fused, g_fused), (v_gen, g_gen) = grads
+    rtol = 1e-5 if dtype == torch.float32 else 1e-13
+    assert torch.isfinite(v_fused).all() and torch.isfinite(g_fused).all()
+    torch.testing.assert_close(v_fused, v_gen, rtol=rtol, atol=rtol)
+    torch.testing.assert_close(g_fused, g_gen, rtol=rtol, atol=rtol)

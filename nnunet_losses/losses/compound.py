@@ -57,8 +57,11 @@ class ComboLoss(OverlapLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         c0 = batch.first_channel(self.do_bg)
-        mce = Fn.binary_focal_nll(batch.log_probs[:, c0:], batch.log_one_minus_probs[:, c0:], batch.onehot[:, c0:],
-                                  w_pos=self.beta, w_neg=1 - self.beta)
+        if batch.region_based:  # regions have no background channel: c0 = 0; torch's fused BCE, same formula
+            mce = Fn.sigmoid_binary_nll(batch.logits, batch.onehot, w_pos=self.beta, w_neg=1 - self.beta)
+        else:
+            mce = Fn.binary_focal_nll(batch.log_probs[:, c0:], batch.log_one_minus_probs[:, c0:],
+                                      batch.onehot[:, c0:], w_pos=self.beta, w_neg=1 - self.beta)
         return self.alpha * Fn.masked_mean(mce, batch.mask) + (1 - self.alpha) * self.dice_loss(batch)
 
 

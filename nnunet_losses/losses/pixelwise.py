@@ -22,6 +22,8 @@ def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_we
     A two-class softmax and a one-region sigmoid with the same foreground logit give the same value.
     """
     if batch.region_based:
+        if fg_gamma == 0 and bg_gamma == 0:  # (weighted) BCE: torch's fused kernel, same formula
+            return Fn.sigmoid_binary_nll(batch.logits, batch.onehot, fg_weight, bg_weight)
         return Fn.binary_focal_nll(batch.log_probs, batch.log_one_minus_probs, batch.onehot,
                                    fg_weight, bg_weight, fg_gamma, bg_gamma)
     n_classes = batch.logits.shape[1]
