@@ -83,8 +83,19 @@ def masked_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # per-voxel (distribution-based) terms
 # ----------------------------------------------------------------------------------------------------------------
+def focal_log_likelihood(log_q: Tensor, gamma: float) -> Tensor:
+    r""":math:`(1 - q)^\gamma \log q` from log-probabilities ``log_q`` (``gamma = 0``: ``log q``).
+
+    ``1 - q`` is ``-expm1(log q)``, exact near ``q = 1`` (unlike ``1 - exp(log q)``); the power is
+    :func:`safe_pow`'s, finite in value and derivative for ``gamma < 1`` too.
+    """
+    if gamma == 0:
+        return log_q
+    return log_q * safe_pow(-torch.expm1(log_q), gamma)
+
+
 def categorical_focal_nll(log_probs: Tensor, onehot: Tensor, class_weights: Optional[Tensor] = None,
-                          class_gammas: Optional[Sequence[float]] = None) -> Tensor:
+                          class_gammas: Optional[Sequence[float]] = None, hard: bool = False) -> Tensor:
     r"""Per-voxel weighted focal negative log-likelihood of a softmax output, shape ``(B, 1, *spatial)``.
 
     .. math:: \ell_i = -\sum_c w_c\, y_{i,c}\, (1 - p_{i,c})^{\gamma_c} \log p_{i,c}
@@ -92,16 +103,28 @@ def categorical_focal_nll(log_probs: Tensor, onehot: Tensor, class_weights: Opti
     * cross-entropy: ``w = 1, gamma = 0``;   weighted CE (Bertels et al.): ``w_c = 1 / (C p_c)``;
     * Focal (Lin et al., Yeung et al. Eq. 2): ``w = alpha_c, gamma_c = gamma``;
     * asymmetric focal (Unified Focal, Eq. 19): background ``w = 1-delta, gamma``; foreground ``w = delta, 0``.
+
+    ``hard=True`` promises a one-hot ``onehot`` (exactly one 1 per voxel, as label maps give): the focal factor is
+    then computed for the reference class's ``log p_t = sum_c y_c log p_c`` only, not for all C channels.
     """
+    gammas = None if class_gammas is None else [float(g) for g in class_gammas]
+    if hard and gammas is not None:
+        log_p_t = (onehot * log_probs).sum(1, keepdim=True)
+        terms = None
+        for g in sorted(set(gammas)):  # one focal factor per distinct gamma (background / foreground: two)
+            term = focal_log_likelihood(log_p_t, g)
+            if len(set(gammas)) > 1:
+                term = term * onehot[:, [c for c, gc in enumerate(gammas) if gc == g]].sum(1, keepdim=True)
+            terms = term if terms is None else terms + term
+        if class_weights is not None:
+            terms = terms * (onehot * _channel_weight(class_weights, onehot)).sum(1, keepdim=True)
+        return -terms
     terms = -onehot * log_probs
-    if class_gammas is not None:
-        gammas = [float(g) for g in class_gammas]
-        one_minus_p = -torch.expm1(log_probs)  # exact near p = 1, unlike 1 - exp(log p)
+    if gammas is not None:
         if len(set(gammas)) == 1:
-            modulation = safe_pow(one_minus_p, gammas[0])
+            terms = focal_log_likelihood(log_probs, gammas[0]) * -onehot
         else:
-            modulation = torch.stack([safe_pow(one_minus_p[:, c], g) for c, g in enumerate(gammas)], 1)
-        terms = terms * modulation
+            terms = torch.stack([focal_log_likelihood(log_probs[:, c], g) for c, g in enumerate(gammas)], 1) * -onehot
     if class_weights is not None:
         terms = terms * _channel_weight(class_weights, terms)
     return terms.sum(1, keepdim=True)
@@ -121,13 +144,29 @@ def binary_focal_nll(log_p: Tensor, log_1mp: Tensor, y: Tensor, w_pos: float | T
 
     ``log_p``/``log_1mp`` are passed separately so that both are exact for extreme logits.
     """
-    pos = y * log_p
-    neg = (1 - y) * log_1mp
-    if gamma_pos:
-        pos = pos * safe_pow(-torch.expm1(log_p), gamma_pos)  # (1 - p)^gamma
-    if gamma_neg:
-        neg = neg * safe_pow(-torch.expm1(log_1mp), gamma_neg)  # p^gamma, computed as (1 - (1 - p))^gamma
+    pos = y * focal_log_likelihood(log_p, gamma_pos)  # (1 - p)^gamma+ log p
+    neg = (1 - y) * focal_log_likelihood(log_1mp, gamma_neg)  # p^gamma- log(1 - p), p = 1 - (1 - p)
     return -(_weighted(w_pos, pos) + _weighted(w_neg, neg))
+
+
+def binary_focal_nll_hard(log_q: Tensor, positive: Tensor, w_pos: float | Tensor = 1.0, w_neg: float | Tensor = 1.0,
+                          gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> Tensor:
+    """:func:`binary_focal_nll` for hard targets, one term per voxel: ``positive`` is the bool map ``y = 1`` and
+    ``log_q`` the log-probability of the reference's side (``log p`` where ``y = 1``, ``log(1 - p)`` where
+    ``y = 0``; for a sigmoid ``logsigmoid(where(positive, x, -x))``, one log-sigmoid instead of two)."""
+    if gamma_pos == gamma_neg:
+        terms = focal_log_likelihood(log_q, gamma_pos)
+    else:
+        terms = torch.where(positive, focal_log_likelihood(log_q, gamma_pos), focal_log_likelihood(log_q, gamma_neg))
+    if isinstance(w_pos, Tensor) or isinstance(w_neg, Tensor) or w_pos != w_neg:
+        w = torch.where(positive, _as_tensor(_channel_weight(w_pos, log_q), log_q),
+                        _as_tensor(_channel_weight(w_neg, log_q), log_q))
+        return -(w * terms)
+    return -_weighted(w_pos, terms)
+
+
+def _as_tensor(w: float | Tensor, like: Tensor) -> Tensor:
+    return w if isinstance(w, Tensor) else like.new_tensor(w)
 
 
 def sigmoid_binary_nll(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0, w_neg: float | Tensor = 1.0) -> Tensor:

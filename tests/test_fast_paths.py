@@ -5,6 +5,7 @@
 * ``sort_order_descending`` (radix sort of float bits on CPU) vs ``torch.sort(descending=True, stable=True)``,
   and the Lovász loss through it vs the same loss in float64 (which takes ``torch.sort``);
 * ``sigmoid_binary_nll`` (torch's fused BCE with logits) vs ``binary_focal_nll`` with gamma 0 (to rounding);
+* the hard-target focal NLLs (one focal factor per voxel) vs the general formulas over every channel;
 * ``prepare_batch``'s one-hot (``labels == class``) vs ``zeros().scatter_(1, labels, 1)``.
 """
 import pytest
@@ -178,3 +179,62 @@ def test_fused_sigmoid_nll_equals_the_general_formula(dtype, w_pos, w_neg, soft)
     assert torch.isfinite(v_fused).all() and torch.isfinite(g_fused).all()
     torch.testing.assert_close(v_fused, v_gen, rtol=rtol, atol=rtol)
     torch.testing.assert_close(g_fused, g_gen, rtol=rtol, atol=rtol)
+
+
+FOCAL_SETTINGS = [([2.0, 2.0, 2.0], None), ([0.5, 0.0, 0.0], [0.4, 0.6, 0.6]), ([0.0, 3.0, 1.5], [1.0, 2.0, 0.5]),
+                  ([0.5, 0.5, 0.5], [0.2, 0.3, 0.5])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gammas,weights", FOCAL_SETTINGS)
+def test_hard_categorical_focal_equals_the_general_formula(dtype, gammas, weights):
+    """Label (softmax) focal NLL: the reference class's factor only (hard=True) vs all C channels, with
+    saturated logits (p exactly 0 and 1), per-class gammas (Unified Focal's asymmetric form) and weights."""
+    g = torch.Generator().manual_seed(11)
+    x = 3 * torch.randn(2, 3, 7, 6, 5, generator=g, dtype=torch.float64)
+    x[..., 0] *= 1000
+    x = x.to(dtype)
+    labels = torch.randint(0, 3, (2, 1, 7, 6, 5), generator=g)
+    onehot = torch.zeros(x.shape, dtype=dtype).scatter_(1, labels, 1)
+    w = None if weights is None else torch.tensor(weights, dtype=torch.float64)
+    out = []
+    for hard in (True, False):
+        xx = x.clone().requires_grad_()
+        nll = Fn.categorical_focal_nll(torch.log_softmax(xx, 1), onehot, w, gammas, hard=hard)
+        (nll * torch.linspace(0.5, 1.5, nll.numel(), dtype=dtype).view(nll.shape)).sum().backward()
+        out.append((nll.detach(), xx.grad))
+    (v_hard, g_hard), (v_gen, g_gen) = out
+    assert torch.isfinite(v_hard).all() and torch.isfinite(g_hard).all()
+    torch.testing.assert_close(v_hard, v_gen, rtol=0, atol=0)  # the same products, only fewer of them
+    torch.testing.assert_close(g_hard, g_gen, rtol=1e-6 if dtype == torch.float32 else 1e-14, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma_pos,gamma_neg,w_pos,w_neg", [(2.0, 2.0, 0.5, 0.5), (0.0, 0.5, 0.6, 0.4),
+                                                             (3.0, 1.0, 1.0, 0.25), (0.5, 0.5, "per-channel", 1.0)])
+def test_hard_binary_focal_equals_the_general_formula(dtype, gamma_pos, gamma_neg, w_pos, w_neg):
+    """Region (sigmoid) focal NLL on 0/1 maps: one log-sigmoid of where(y, x, -x) and one factor per voxel vs
+    the two-sided formula, with +-1e4 logits."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(5)
+    x = 4 * torch.randn(2, 3, 6, 5, 4, generator=g, dtype=torch.float64)
+    x[..., 0] = 1e4 * torch.sign(x[..., 0])
+    x = x.to(dtype)
+    positive = torch.rand(x.shape, generator=g) > 0.5
+    y = positive.to(dtype)
+    wp = torch.tensor([0.2, 1.5, 3.0], dtype=torch.float64) if w_pos == "per-channel" else w_pos
+    out = []
+    for hard in (True, False):
+        xx = x.clone().requires_grad_()
+        if hard:
+            nll = Fn.binary_focal_nll_hard(F.logsigmoid(torch.where(positive, xx, -xx)), positive, wp, w_neg,
+                                           gamma_pos, gamma_neg)
+        else:
+            nll = Fn.binary_focal_nll(F.logsigmoid(xx), F.logsigmoid(-xx), y, wp, w_neg, gamma_pos, gamma_neg)
+        (nll * torch.linspace(0.5, 1.5, nll.numel(), dtype=dtype).view(nll.shape)).sum().backward()
+        out.append((nll.detach(), xx.grad))
+    (v_hard, g_hard), (v_gen, g_gen) = out
+    assert torch.isfinite(v_hard).all() and torch.isfinite(g_hard).all()
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(v_hard, v_gen, rtol=tol, atol=tol)
+    torch.testing.assert_close(g_hard, g_gen, rtol=tol, atol=tol)
