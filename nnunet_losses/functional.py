@@ -110,10 +110,11 @@ def categorical_focal_nll(log_probs: Tensor, onehot: Tensor, class_weights: Opti
     gammas = None if class_gammas is None else [float(g) for g in class_gammas]
     if hard and gammas is not None:
         log_p_t = (onehot * log_probs).sum(1, keepdim=True)
+        distinct = sorted(set(gammas))
         terms = None
-        for g in sorted(set(gammas)):  # one focal factor per distinct gamma (background / foreground: two)
+        for g in distinct:  # one focal factor per distinct gamma (background / foreground: two)
             term = focal_log_likelihood(log_p_t, g)
-            if len(set(gammas)) > 1:
+            if len(distinct) > 1:  # ... kept where the reference class has this gamma
                 term = term * onehot[:, [c for c, gc in enumerate(gammas) if gc == g]].sum(1, keepdim=True)
             terms = term if terms is None else terms + term
         if class_weights is not None:
@@ -153,7 +154,7 @@ def binary_focal_nll_hard(log_q: Tensor, positive: Tensor, w_pos: float | Tensor
                           gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> Tensor:
     """:func:`binary_focal_nll` for hard targets, one term per voxel: ``positive`` is the bool map ``y = 1`` and
     ``log_q`` the log-probability of the reference's side (``log p`` where ``y = 1``, ``log(1 - p)`` where
-    ``y = 0``; for a sigmoid ``logsigmoid(where(positive, x, -x))``, one log-sigmoid instead of two)."""
+    ``y = 0``; for a sigmoid ``logsigmoid(x * (2y - 1))``, one log-sigmoid instead of two)."""
     if gamma_pos == gamma_neg:
         terms = focal_log_likelihood(log_q, gamma_pos)
     else:
@@ -179,18 +180,13 @@ def sigmoid_binary_nll(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0, w
     and half the memory of the two log-sigmoids of the general formula, equal to it to rounding. Where a
     negative weight is 0 (``pos_weight`` would be infinite) the general formula is used.
     """
-    if isinstance(w_neg, Tensor) and not bool((w_neg > 0).all()) or not isinstance(w_neg, Tensor) and w_neg <= 0:
+    if bool((torch.as_tensor(w_neg) <= 0).any()):
         return binary_focal_nll(F.logsigmoid(logits), F.logsigmoid(-logits), y, w_pos, w_neg)
-    plain = not isinstance(w_pos, Tensor) and not isinstance(w_neg, Tensor) and w_pos == w_neg
-    if plain:  # one weight for both terms: no pos_weight pass
-        nll = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-        return _weighted(w_neg, nll)
-    pos_weight = _channel_weight(w_pos, logits) / _channel_weight(w_neg, logits)
-    if not isinstance(pos_weight, Tensor):
-        pos_weight = logits.new_tensor(pos_weight)
-    weight = _channel_weight(w_neg, logits)
-    if not isinstance(weight, Tensor):
-        weight = logits.new_tensor(weight)
+    if not isinstance(w_pos, Tensor) and not isinstance(w_neg, Tensor) and w_pos == w_neg:
+        # one weight for both terms: no pos_weight pass
+        return _weighted(w_neg, F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
+    weight = _as_tensor(_channel_weight(w_neg, logits), logits)
+    pos_weight = _as_tensor(_channel_weight(w_pos, logits), logits) / weight
     return F.binary_cross_entropy_with_logits(logits, y, weight=weight, pos_weight=pos_weight, reduction="none")
 
 
