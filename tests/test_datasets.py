@@ -189,6 +189,19 @@ def test_isles2018_default_channels_leave_out_raw_perfusion_and_dwi(tmp_path, nn
     assert len(list(nnunet_dirs["raw"].iterdir())) == 2
 
 
+def test_isles2018_archives_unpacked_into_folders_of_their_own_names(tmp_path, nnunet_dirs):
+    """ISLES2018_Training.zip holds TRAINING/, ISLES2018_Testing.zip TESTING/: each unpacked into a folder named
+    after its archive, SOURCE = the folder holding both."""
+    import shutil
+    rep = R.make_isles2018(tmp_path / "download")
+    testing = tmp_path / "download" / "ISLES2018_Testing" / "TESTING"
+    testing.parent.mkdir()
+    shutil.move(str(rep.source / "TESTING"), str(testing))
+    out = convert("isles2018", tmp_path / "download")
+    check_dataset(out, "isles2018", rep)  # both training cases and the test case
+    assert sorted(p.name for p in (out / "imagesTs").iterdir())[0].startswith("test_case_1_")
+
+
 def test_2d_pixels(tmp_path, nnunet_dirs):
     from PIL import Image
     rep = R.make_dsb2018(tmp_path / "dsb")
