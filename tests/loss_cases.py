@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,3 +90,12 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def lib_loss(name: str, logits, target, region: bool, ignore_label: Optional[int], **kwargs):
+    """The library's loss value and logits gradient in float64 (via the registry), for the reference tests."""
+    x = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    loss = get_loss(name, region_based=region, ignore_label=ignore_label, **kwargs)
+    value = loss(x, torch.from_numpy(np.asarray(target)))
+    value.backward()
+    return value, x.grad

@@ -18,6 +18,7 @@ import torch
 import nnunet_losses
 
 import reference_impl as ref
+from loss_cases import lib_loss
 
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -34,14 +35,6 @@ def extra_kwargs(name, region, n_ch):
         return {"class_priors": [0.3 + 0.1 * r for r in range(n_ch)] if region
                 else list(np.arange(n_ch, 0, -1) / np.arange(n_ch, 0, -1).sum())}
     return {}
-
-
-def lib_loss(name, logits, target, region, ignore_label, **kwargs):
-    x = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
-    loss = nnunet_losses.get_loss(name, region_based=region, ignore_label=ignore_label, **kwargs)
-    value = loss(x, torch.from_numpy(np.asarray(target)))
-    value.backward()
-    return value, x.grad
 
 
 def test_every_registered_loss_has_a_reference():

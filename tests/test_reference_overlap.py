@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import nnunet_losses
 from nnunet_losses import functional as Fn
 
-try:  # tests/ is not a package (pytest's rootdir-relative import); support both layouts
-    from . import reference_impl as ref
-except ImportError:
-    import reference_impl as ref
+import reference_impl as ref
+from loss_cases import lib_loss
 
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -56,15 +53,6 @@ OVERLAP_CASES = [
 def case_id(case):
     name, kw = case
     return name + ("" if not kw else "-" + "-".join(f"{k}={v}" for k, v in kw.items()))
-
-
-def lib_loss(name, logits, target, region, ignore_label, **kwargs):
-    """The library's loss value and logits gradient (float64, via the registry)."""
-    x = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
-    loss = nnunet_losses.get_loss(name, region_based=region, ignore_label=ignore_label, **kwargs)
-    value = loss(x, torch.from_numpy(np.asarray(target)))
-    value.backward()
-    return value, x.grad
 
 
 @pytest.mark.parametrize("with_ignore", [False, True], ids=["all", "ignore"])
