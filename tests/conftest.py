@@ -11,6 +11,16 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture
+def nnunet_dirs(tmp_path, monkeypatch):
+    """Empty nnUNet_raw/preprocessed/results folders for one test, set in the environment."""
+    dirs = {k: tmp_path / k for k in ("raw", "preprocessed", "results")}
+    for k, p in dirs.items():
+        p.mkdir()
+        monkeypatch.setenv(f"nnUNet_{k}", str(p))
+    return dirs
+
+
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """One intra-op torch thread for a module of tests on tiny tensors (``pytestmark = pytest.mark.usefixtures(

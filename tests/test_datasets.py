@@ -16,15 +16,6 @@ from nnunet_losses.datasets import DATASETS, convert, converter_class, get_conve
 from nnunet_losses.datasets.base import DatasetIDError, LayoutError, SourceDataError, verify_raw_dataset
 
 
-@pytest.fixture
-def nnunet_dirs(tmp_path, monkeypatch):
-    dirs = {k: tmp_path / k for k in ("raw", "preprocessed", "results")}
-    for k, p in dirs.items():
-        p.mkdir()
-        monkeypatch.setenv(f"nnUNet_{k}", str(p))
-    return dirs
-
-
 def read_label(path: Path) -> np.ndarray:
     if path.name.endswith(".png"):
         from PIL import Image

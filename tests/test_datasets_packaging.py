@@ -18,15 +18,6 @@ from nnunet_losses.datasets import cli as datasets_cli
 from nnunet_losses.datasets.packaging import PackagingError
 
 
-@pytest.fixture
-def nnunet_dirs(tmp_path, monkeypatch):
-    dirs = {k: tmp_path / k for k in ("raw", "preprocessed", "results")}
-    for k, p in dirs.items():
-        p.mkdir()
-        monkeypatch.setenv(f"nnUNet_{k}", str(p))
-    return dirs
-
-
 def as_predictions(dataset: Path, folder: Path) -> Path:
     """A dataset's labelsTr laid out as an nnU-Net prediction folder (which holds a copy of dataset.json)."""
     shutil.copytree(dataset / "labelsTr", folder)
