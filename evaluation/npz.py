@@ -148,8 +148,15 @@ def _member_info(path, keys: Sequence[str]):
     raise KeyError([n[:-4] if n.endswith(".npy") else n for n in names])
 
 
-def _fast(info: zipfile.ZipInfo) -> bool:
-    return info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 0x1
+def _open_fast(path, info: zipfile.ZipInfo):
+    """``_open_member``'s ``(file, stream, empty array)``, or None when the member needs ``np.load`` (encrypted,
+    another compression, object arrays, .npy format 3)."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+        return None
+    try:
+        return _open_member(path, info)
+    except NotImplementedError:
+        return None
 
 
 class StreamedArray:
@@ -167,18 +174,15 @@ class StreamedArray:
         self._error: Optional[BaseException] = None
         self._cancel = False
         self._cond = threading.Condition()
-        if _fast(info):
-            try:
-                f, s, arr = _open_member(path, info)
-            except NotImplementedError:
-                f = None
-            if f is not None:
-                self.array = arr
-                self._total = arr.nbytes
-                self._c_order = arr.flags.c_contiguous
-                self._thread = threading.Thread(target=self._run, args=(f, s, info), daemon=True)
-                self._thread.start()
-                return
+        opened = _open_fast(path, info)
+        if opened is not None:
+            f, s, arr = opened
+            self.array = arr
+            self._total = arr.nbytes
+            self._c_order = arr.flags.c_contiguous
+            self._thread = threading.Thread(target=self._run, args=(f, s, info), daemon=True)
+            self._thread.start()
+            return
         with np.load(path) as z:
             self.array = z[self.key]
         self._total = self._done = self.array.nbytes
@@ -228,16 +232,13 @@ def read_npz_array(path, keys: Sequence[str]) -> Tuple[str, np.ndarray]:
     """``(key, array)`` of the first of ``keys`` present in the npz file; ``KeyError`` listing the members
     when none is; ``NpzDamaged``/``zipfile.BadZipFile``/``zlib.error``/``OSError`` for damaged files."""
     key, info = _member_info(path, keys)
-    if _fast(info):
+    opened = _open_fast(path, info)
+    if opened is not None:
+        f, s, arr = opened
         try:
-            f, s, arr = _open_member(path, info)
-        except NotImplementedError:
-            f = None
-        if f is not None:
-            try:
-                _fill(f, s, info, arr)
-            finally:
-                f.close()
-            return key, arr
+            _fill(f, s, info, arr)
+        finally:
+            f.close()
+        return key, arr
     with np.load(path) as z:
         return key, z[key]
