@@ -160,13 +160,14 @@ def binary_focal_nll_hard(log_q: Tensor, positive: Tensor, w_pos: float | Tensor
     else:
         terms = torch.where(positive, focal_log_likelihood(log_q, gamma_pos), focal_log_likelihood(log_q, gamma_neg))
     if isinstance(w_pos, Tensor) or isinstance(w_neg, Tensor) or w_pos != w_neg:
-        w = torch.where(positive, _as_tensor(_channel_weight(w_pos, log_q), log_q),
-                        _as_tensor(_channel_weight(w_neg, log_q), log_q))
+        w = torch.where(positive, _channel_weight_tensor(w_pos, log_q), _channel_weight_tensor(w_neg, log_q))
         return -(w * terms)
     return -_weighted(w_pos, terms)
 
 
-def _as_tensor(w: float | Tensor, like: Tensor) -> Tensor:
+def _channel_weight_tensor(w: float | Tensor, like: Tensor) -> Tensor:
+    """:func:`_channel_weight`, with a plain number turned into a 0-d tensor of ``like``'s dtype and device."""
+    w = _channel_weight(w, like)
     return w if isinstance(w, Tensor) else like.new_tensor(w)
 
 
@@ -185,8 +186,8 @@ def sigmoid_binary_nll(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0, w
     if not isinstance(w_pos, Tensor) and not isinstance(w_neg, Tensor) and w_pos == w_neg:
         # one weight for both terms: no pos_weight pass
         return _weighted(w_neg, F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
-    weight = _as_tensor(_channel_weight(w_neg, logits), logits)
-    pos_weight = _as_tensor(_channel_weight(w_pos, logits), logits) / weight
+    weight = _channel_weight_tensor(w_neg, logits)
+    pos_weight = _channel_weight_tensor(w_pos, logits) / weight
     return F.binary_cross_entropy_with_logits(logits, y, weight=weight, pos_weight=pos_weight, reduction="none")
 
 
