@@ -76,7 +76,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import nnunet_losses  # noqa: E402
 from nnunet_losses import functional as Fn  # noqa: E402
-from nnunet_losses.inputs import prepare_batch  # noqa: E402
+from nnunet_losses.batch import prepare_batch  # noqa: E402
 
 BASELINE = "nnU-Net"
 #: Losses whose target is <= 1.05x nnU-Net's Dice+CE (the performance issue's overlap-loss target).

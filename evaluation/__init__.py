@@ -9,13 +9,13 @@
 The building blocks work on arrays too: :func:`accumulate_case` reduces one case's probabilities and reference
 to fixed-size statistics, :func:`case_metrics` turns them into metrics.
 """
-from .accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
-from .compare import compare
-from .errors import EvaluationError
-from .evaluate import evaluate
-from .export import export_thresholded
-from .metrics import case_metrics
-from .spec import TaskSpec
+from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
+from nnunet_losses.evaluation.compare import compare
+from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.evaluate import evaluate
+from nnunet_losses.evaluation.export import export_thresholded
+from nnunet_losses.evaluation.metrics import case_metrics
+from nnunet_losses.evaluation.spec import TaskSpec
 
 __all__ = ["evaluate", "compare", "export_thresholded", "accumulate_case", "case_metrics", "BinGrid", "CaseStats",
            "TaskSpec", "EvaluationError", "DEFAULT_BINS", "DEFAULT_EPS", "DEFAULT_THRESHOLDS"]

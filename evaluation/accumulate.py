@@ -29,8 +29,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import EvaluationError
-from .spec import TaskSpec
+from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.spec import TaskSpec
 
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 DEFAULT_BINS = 15

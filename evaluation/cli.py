@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
-from .stats import DEFAULT_N_BOOT, DEFAULT_SEED
+from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
+from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED
 
 _INPUT_HELP = ("Input: a trainer folder (nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration; every "
                "fold_N/validation is read), one or more fold folders of one trainer, or a prediction folder of "
@@ -44,14 +44,14 @@ def _inputs(args) -> list:
         try:
             return [get_output_folder(args.d, args.tr, args.p, args.c)]
         except (RuntimeError, ValueError) as e:
-            from .errors import EvaluationError
+            from nnunet_losses.evaluation.errors import EvaluationError
             raise EvaluationError(f"cannot locate dataset {args.d} in nnUNet_results/nnUNet_raw/nnUNet_preprocessed "
                                   f"({e})") from None
     raise SystemExit("an input is required: -i FOLDER, or -d DATASET -c CONFIGURATION [-tr TRAINER] [-p PLANS]")
 
 
 def _run(func, args, prog: str) -> int:
-    from .errors import EvaluationError
+    from nnunet_losses.evaluation.errors import EvaluationError
     try:
         return func(args)
     except EvaluationError as e:
@@ -69,7 +69,7 @@ def _fmt(v) -> str:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from nnunet_losses.evaluation.evaluate import evaluate
     s = evaluate(_inputs(args), args.o, reference_folder=args.ref, folds=args.f, dataset_json=args.djfile,
                  plans=args.pfile, n_bins=args.bins, thresholds=args.thresholds, eps=args.eps, num_processes=args.np,
                  chill=args.chill, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet,
@@ -86,7 +86,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare
+    from nnunet_losses.evaluation.compare import compare
     r = compare(args.i, args.o, names=args.names, n_boot=args.n_boot, seed=args.seed, alpha=args.alpha,
                 common_cases=args.common_cases, overwrite=args.overwrite, plots=not args.no_plots)
     n_sig = sum(1 for x in r["paired"] if x["p_bootstrap_holm"] < args.alpha)
@@ -100,7 +100,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_threshold(args) -> int:
-    from .export import export_thresholded
+    from nnunet_losses.evaluation.export import export_thresholded
     info = export_thresholded(_inputs(args), args.o, thresholds=args.t, best_from=args.best_from,
                               nnunet_rule=args.nnunet, folds=args.f, dataset_json=args.djfile, plans=args.pfile,
                               num_processes=args.np, overwrite=args.overwrite, progress=not args.quiet)

@@ -21,8 +21,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .errors import EvaluationError
-from .stats import DEFAULT_N_BOOT, DEFAULT_SEED, holm, one_sample, paired
+from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED, holm, one_sample, paired
 
 CLASS_METRICS = ("Dice", "soft_Dice", "dV", "abs_dV", "dV_soft", "abs_dV_soft", "NLL", "Brier", "ECE")
 CASE_METRICS = ("NLL", "Brier", "ECE", "classwise_ECE")
@@ -147,7 +147,7 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
               "n_cases": len(common), "cases": common, "alpha": alpha, "n_boot": n_boot, "seed": seed,
               "model_means": model_rows, "volume_bias": bias_rows, "paired": pair_rows}
     if output_folder is not None:
-        from .outputs import AtomicFolder, check_destination, write_csv, write_json
+        from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_csv, write_json
         dest = check_destination(Path(output_folder), [], overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
         with AtomicFolder(dest) as tmp:
@@ -156,7 +156,7 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
             write_csv(bias_rows, tmp / "volume_bias.csv")
             (tmp / "comparison.md").write_text(comparison_markdown(result))
             if plots:
-                from .plots import volume_error_per_trainer
+                from nnunet_losses.evaluation.plots import volume_error_per_trainer
                 per = {n: {k: values(i, "dV", k).tolist() for k in keys} for i, n in enumerate(names)}
                 volume_error_per_trainer(per, unit, tmp / "volume_error_per_trainer.png")
         result["output_folder"] = str(dest)

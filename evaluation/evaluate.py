@@ -14,12 +14,12 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
-from .errors import EvaluationError
-from .inputs import Case, Source, find_cases, load_properties, load_reference, open_probabilities, voxel_volume
-from .metrics import (CALIBRATION_METRICS, case_metrics, dice_jaccard_check, means, nan_stats, pooled_calibration,
+from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
+from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.cases import Case, Source, find_cases, load_properties, load_reference, open_probabilities, voxel_volume
+from nnunet_losses.evaluation.metrics import (CALIBRATION_METRICS, case_metrics, dice_jaccard_check, means, nan_stats, pooled_calibration,
                       size_deciles, threshold_sweep)
-from .spec import TaskSpec
+from nnunet_losses.evaluation.spec import TaskSpec
 
 OUTPUT_FILES = ("summary.json", "per_case.csv", "threshold_sweep.csv", "size_deciles.csv", "reliability.csv",
                 "summary.md")
@@ -192,7 +192,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
 
     ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
     """
-    from .outputs import AtomicFolder, check_destination
+    from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     grid = BinGrid(n_bins, tuple(thresholds))
@@ -207,7 +207,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     results = reduce_cases(source, grid, eps, num_processes, progress)
     summary = build_summary(source, results, grid, eps)
     if dest is not None:
-        from .report import write_evaluation
+        from nnunet_losses.evaluation.report import write_evaluation
         with AtomicFolder(dest) as tmp:
             write_evaluation(summary, tmp, plots=plots)
         summary["output_folder"] = str(dest)

@@ -21,11 +21,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .accumulate import sum_tolerance
-from .errors import EvaluationError
-from .inputs import (Case, _load_descriptions, _parse_trainer_folder_name, _reader_writer, _spec, load_probabilities,
+from nnunet_losses.evaluation.accumulate import sum_tolerance
+from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.cases import (Case, _load_descriptions, _parse_trainer_folder_name, _reader_writer, _spec, load_probabilities,
                      load_properties, resolve_folds)
-from .spec import TaskSpec
+from nnunet_losses.evaluation.spec import TaskSpec
 
 
 def _collect(inputs: Sequence, folds, dataset_json, plans):
@@ -158,7 +158,7 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
                        overwrite: bool = False, progress: bool = False) -> dict:
     """Write thresholded label maps of every case into ``output_folder`` (see module doc)."""
     from tqdm import tqdm
-    from .outputs import AtomicFolder, check_destination, write_json
+    from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_json
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     cases, dj, pl, spec, rw, protected, desc = _collect(inputs, folds, dataset_json, plans)
@@ -170,7 +170,7 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
     with AtomicFolder(dest) as tmp:
         with tqdm(total=len(cases), disable=not progress, desc="exporting", unit="case", file=sys.stderr) as bar:
             if num_processes > 1 and len(cases) > 1:
-                from .evaluate import mp_context
+                from nnunet_losses.evaluation.evaluate import mp_context
                 ctx = mp_context()
                 with ctx.Pool(min(num_processes, len(cases)), initializer=_init,
                               initargs=(spec, thr, rw, str(tmp), fe, tb)) as pool:

@@ -23,8 +23,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .accumulate import BinGrid, CaseStats
-from .spec import TaskSpec
+from nnunet_losses.evaluation.accumulate import BinGrid, CaseStats
+from nnunet_losses.evaluation.spec import TaskSpec
 
 NAN = float("nan")
 

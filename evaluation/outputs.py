@@ -18,7 +18,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import EvaluationError
+from nnunet_losses.evaluation.errors import EvaluationError
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -32,7 +32,7 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_destination(dest: Path, protected: Sequence[Path], overwrite: bool,
                       names: Optional[Iterable[str]] = None) -> Path:
     """Refuse destinations inside nnU-Net's/input folders, and existing outputs unless ``overwrite``."""
-    from .inputs import nnunet_folders
+    from nnunet_losses.evaluation.cases import nnunet_folders
     dest = Path(dest).resolve()
     for folder in [*nnunet_folders(), *[Path(p).resolve() for p in protected]]:
         if _inside(dest, folder) or _inside(folder, dest):

@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 from typing import List
 
-from .metrics import CALIBRATION_METRICS, EXTRA_METRICS, NNUNET_METRICS
-from .outputs import write_csv, write_json
+from nnunet_losses.evaluation.metrics import CALIBRATION_METRICS, EXTRA_METRICS, NNUNET_METRICS
+from nnunet_losses.evaluation.outputs import write_csv, write_json
 
 SUMMARY_METRICS = ("Dice", "IoU", "soft_Dice", "precision", "recall", "V_ref", "V_pred", "dV", "abs_dV", "rel_dV",
                    "dV_soft", "rel_dV_soft", "Brier", "ECE", "NLL")
@@ -120,5 +120,5 @@ def write_evaluation(summary: dict, folder: Path, plots: bool = True) -> None:
     write_csv(reliability_rows(summary), folder / "reliability.csv")
     (folder / "summary.md").write_text(summary_markdown(summary))
     if plots:
-        from .plots import evaluation_plots
+        from nnunet_losses.evaluation.plots import evaluation_plots
         evaluation_plots(summary, folder)

@@ -17,16 +17,16 @@ from typing import List, Optional
 SUBCOMMAND_MODULES = {
     "nnunet_losses.cli": ("losses",),
     "nnunet_losses.trainers.cli": ("trainer-path", "trainers"),
-    "nnunet_losses.theory": ("theory",),
-    "nnunet_losses.phantom": ("phantom",),
+    "nnunet_losses.research.theory": ("theory",),
+    "nnunet_losses.research.phantom": ("phantom",),
     "nnunet_losses.datasets.cli": ("convert", "package"),
     "nnunet_losses.evaluation.cli": ("evaluate", "compare", "threshold"),
-    "nnunet_losses.demo": ("demo",),
+    "nnunet_losses.research.demo": ("demo",),
 }
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:
-    from .registry import LOSSES, loss_arguments
+    from nnunet_losses.registry import LOSSES, loss_arguments
     for name, (cls, paper) in LOSSES.items():
         print(f"{name:18s} {cls.__name__:28s} {paper}")
         if args.verbose:

@@ -2,7 +2,7 @@
 
 nnU-Net's networks return a list of outputs (full resolution first) and its data loader a matching list of
 down-sampled targets. nnU-Net wraps its loss in ``DeepSupervisionWrapper(loss, weights)``, which raises a
-``TypeError`` with its default ``weight_factors=None``; here every :class:`~nnunet_losses.base.SegmentationLoss`
+``TypeError`` with its default ``weight_factors=None``; here every :class:`~nnunet_losses.segmentation_loss.SegmentationLoss`
 accepts a list directly, and ``None`` means nnU-Net's own weighting.
 """
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import Dict, List, Type
 
-from .base import SegmentationLoss
-from .losses import (ComboLoss, ComboPPLoss, CrossEntropyLoss, DiceCELoss, DSCppLoss, FocalLoss, FocalTverskyLoss,
+from nnunet_losses.segmentation_loss import SegmentationLoss
+from nnunet_losses.losses import (ComboLoss, ComboPPLoss, CrossEntropyLoss, DiceCELoss, DSCppLoss, FocalLoss, FocalTverskyLoss,
                      FocalTverskyPPLoss, LovaszLoss, SoftDiceLoss, SoftJaccardLoss, TverskyLoss, TverskyPPLoss,
                      UnifiedFocalLoss, UnifiedFocalPPLoss, WeightedCrossEntropyLoss)
 

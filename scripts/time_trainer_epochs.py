@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         (root / sub).mkdir()
         os.environ[f"nnUNet_{sub}"] = str(root / sub)
     os.environ["nnUNet_compile"] = "false"
-    from nnunet_losses.synthetic import write_synthetic_dataset
+    from nnunet_losses.research.synthetic import write_synthetic_dataset
     write_synthetic_dataset(root / "raw", 990, kind="labels", dim=3, n_cases=10, shape=(32, 32, 32), seed=990)
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", "990", "-c", "3d_fullres", "-npfp", "2",

@@ -29,7 +29,7 @@ def single_torch_thread():
     with one_torch_thread():
         yield
 
-#: (kind, dim) -> (dataset id, configuration); see nnunet_losses.synthetic
+#: (kind, dim) -> (dataset id, configuration); see nnunet_losses.research.synthetic
 DATASETS = {("labels", 3): (901, "3d_fullres"), ("regions", 3): (902, "3d_fullres"), ("ignore", 2): (903, "2d"),
             ("labels", 2): (904, "2d"), ("regions_ignore", 2): (905, "2d")}
 
@@ -66,7 +66,7 @@ class NnUNetWorkspace:
 
     def dataset(self, kind: str = "labels", dim: int = 3):
         """(dataset id, configuration) of a planned and preprocessed synthetic dataset."""
-        from nnunet_losses.synthetic import write_synthetic_dataset
+        from nnunet_losses.research.synthetic import write_synthetic_dataset
         key = (kind, dim)
         if key not in self._planned:
             dataset_id, config = DATASETS[key]

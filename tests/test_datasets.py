@@ -13,7 +13,7 @@ import pytest
 
 import dataset_replicas as R
 from nnunet_losses.datasets import DATASETS, convert, converter_class, get_converter
-from nnunet_losses.datasets.base import DatasetIDError, LayoutError, SourceDataError, verify_raw_dataset
+from nnunet_losses.datasets.converter import DatasetIDError, LayoutError, SourceDataError, verify_raw_dataset
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -356,7 +356,7 @@ def test_nnunet_integrity_check_rejects_a_broken_dataset(tmp_path, nnunet_dirs):
 def test_work_items_pickle_for_worker_processes(key, tmp_path, nnunet_dirs):
     """With num_processes > 1 every (converter, case) goes to a spawn pool, so both must survive pickling."""
     import pickle
-    from nnunet_losses.datasets.base import _convert_one
+    from nnunet_losses.datasets.converter import _convert_one
     rep = R.MAKERS[key](tmp_path / "download")
     converter = get_converter(key)
     train, _ = converter.find_cases(rep.source)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nnunet_losses import demo
+from nnunet_losses.research import demo
 
 
 @pytest.mark.slow

@@ -158,7 +158,7 @@ def test_streamed_reading_equals_in_memory_and_damage_is_reported(tmp_path, monk
     import nnunet_losses.evaluation.npz as npz
     from nnunet_losses.evaluation import case_metrics
     from nnunet_losses.evaluation.accumulate import accumulate_case
-    from nnunet_losses.evaluation.inputs import load_reference
+    from nnunet_losses.evaluation.cases import load_reference
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     monkeypatch.setattr(npz, "STEP", 4096)  # many small steps: the reduction really waits for the reader
     pred, gt = make_prediction_folder(tmp_path, dim=3, regions=False)

@@ -385,7 +385,7 @@ def test_size_deciles_and_dice_jaccard_relation():
 def test_voxel_volume_2d_dummy_spacing(tmp_path):
     import SimpleITK as sitk
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunet_losses.evaluation.inputs import voxel_volume
+    from nnunet_losses.evaluation.cases import voxel_volume
     img = sitk.GetImageFromArray(np.zeros((5, 7), np.uint8))  # a genuine 2D image
     img.SetSpacing((0.5, 0.8))
     sitk.WriteImage(img, str(tmp_path / "a.nii.gz"))
@@ -452,7 +452,7 @@ def test_npz_reader_equals_np_load(tmp_path, variant, monkeypatch, inflater):
 
 
 def test_npz_reader_damaged_files(tmp_path, inflater):
-    from nnunet_losses.evaluation.inputs import load_probabilities
+    from nnunet_losses.evaluation.cases import load_probabilities
     a = np.random.default_rng(0).random((2, 30, 30, 30)).astype(np.float32)
     f = tmp_path / "case_001.npz"
     np.savez_compressed(f, probabilities=a)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nnunet_losses import functional as Fn
-from nnunet_losses.inputs import prepare_batch
+from nnunet_losses.batch import prepare_batch
 
 
 def _overlap_case(dtype, region, masked, seed):

@@ -1,4 +1,4 @@
-"""nnunet_losses.phantom: nnU-Net raw datasets whose expected reference volumes are known exactly."""
+"""nnunet_losses.research.phantom: nnU-Net raw datasets whose expected reference volumes are known exactly."""
 import argparse
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_losses.phantom import load_sidecar, phantom_case, write_phantom_dataset
+from nnunet_losses.research.phantom import load_sidecar, phantom_case, write_phantom_dataset
 from conftest import run_cli
 
 
@@ -124,7 +124,7 @@ def test_refuses_to_overwrite_and_bad_settings(tmp_path, capsys):
         write_phantom_dataset(tmp_path, 327, n_cases=1, shape=(32, 32), radius_range=(1.0, 1.0), n_subregions=64,
                               mu=0.25)
     assert sorted(q.name for q in tmp_path.iterdir()) == ["Dataset325_PhantomRegions2D"]  # nothing half-written
-    from nnunet_losses.phantom import add_subcommands
+    from nnunet_losses.research.phantom import add_subcommands
     parser = argparse.ArgumentParser()
     add_subcommands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["phantom", "-d", "325", "--raw", str(tmp_path), "--n-cases", "1"])

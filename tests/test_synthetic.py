@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_losses.synthetic import write_synthetic_dataset
+from nnunet_losses.research.synthetic import write_synthetic_dataset
 
 
 @pytest.mark.parametrize("kind,dim", [("labels", 3), ("regions", 3), ("ignore", 2), ("regions_ignore", 2)])

@@ -1,10 +1,10 @@
-"""nnunet_losses.theory: seed 001 Sect. 2.2 / Fig. 1, exact expectations vs closed forms, limits and Monte Carlo."""
+"""nnunet_losses.research.theory: seed 001 Sect. 2.2 / Fig. 1, exact expectations vs closed forms, limits and Monte Carlo."""
 import argparse
 
 import numpy as np
 import pytest
 
-from nnunet_losses import theory as T
+from nnunet_losses.research import theory as T
 
 MUS = (0.1, 0.25, 1.0, 4.0, 10.0)
 

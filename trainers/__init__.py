@@ -16,14 +16,14 @@ Your own variant, in a file in a folder you add to ``nnUNet_extTrainer`` (``os.p
 """
 from pathlib import Path
 
-from .base import (SHORT_RUN_ENV, FineTuneMixin, LossTrainerMixin, PaperAdamMixin, ShortRunMixin,
+from nnunet_losses.trainers.mixins import (SHORT_RUN_ENV, FineTuneMixin, LossTrainerMixin, PaperAdamMixin, ShortRunMixin,
                    ValidationPlateauLR, deep_supervision_weights, short_run_overrides)
-from .baselines import ARCHITECTURE_MIXINS, ArchitectureMixin, ConvNetMixin, LRMixin, UNetMixin
-from .generated import DSCPP_GAMMAS, GENERATED
-from .loss_trainers import LOSS_TRAINERS
-from .loss_trainers import *  # noqa: F401,F403  (the 16 loss trainers)
-from .generated import *  # noqa: F401,F403  (generated trainers)
-from .variants import define_trainer, number_tag
+from nnunet_losses.trainers.baselines import ARCHITECTURE_MIXINS, ArchitectureMixin, ConvNetMixin, LRMixin, UNetMixin
+from nnunet_losses.trainers.generated import DSCPP_GAMMAS, GENERATED
+from nnunet_losses.trainers.loss_trainers import LOSS_TRAINERS
+from nnunet_losses.trainers.loss_trainers import *  # noqa: F401,F403  (the 16 loss trainers)
+from nnunet_losses.trainers.generated import *  # noqa: F401,F403  (generated trainers)
+from nnunet_losses.trainers.variants import define_trainer, number_tag
 
 #: every trainer of the package, name -> class
 TRAINERS = {**{cls.__name__: cls for cls in LOSS_TRAINERS.values()}, **GENERATED}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PaperAdamMixin
-from .networks import build_baseline
+from nnunet_losses.trainers.mixins import PaperAdamMixin
+from nnunet_losses.trainers.networks import build_baseline
 
 
 class ArchitectureMixin(PaperAdamMixin):

@@ -18,8 +18,8 @@ def _cmd_trainer_path(args: argparse.Namespace) -> int:
 
 
 def _describe(cls) -> str:
-    from .baselines import ArchitectureMixin
-    from .base import PaperAdamMixin
+    from nnunet_losses.trainers.baselines import ArchitectureMixin
+    from nnunet_losses.trainers.mixins import PaperAdamMixin
     arch = cls.architecture if issubclass(cls, ArchitectureMixin) else "nnU-Net"
     optim = f"Adam {cls.paper_lr:g}" if issubclass(cls, PaperAdamMixin) else "SGD 1e-2 (nnU-Net)"
     kwargs = ", ".join(f"{k}={v!r}" for k, v in cls.effective_loss_kwargs().items())
@@ -27,7 +27,7 @@ def _describe(cls) -> str:
 
 
 def _cmd_trainers(args: argparse.Namespace) -> int:
-    from . import TRAINERS
+    from nnunet_losses.trainers import TRAINERS
     for name, cls in TRAINERS.items():
         if args.verbose:
             print(f"{name:40s} {_describe(cls)}  [{cls.paper}]")

@@ -9,10 +9,10 @@
 """
 from __future__ import annotations
 
-from .baselines import ARCHITECTURE_MIXINS
-from .base import FineTuneMixin
-from .loss_trainers import LOSS_TRAINERS, nnUNetTrainer_DSCpp
-from .variants import define_trainer, number_tag
+from nnunet_losses.trainers.baselines import ARCHITECTURE_MIXINS
+from nnunet_losses.trainers.mixins import FineTuneMixin
+from nnunet_losses.trainers.loss_trainers import LOSS_TRAINERS, nnUNetTrainer_DSCpp
+from nnunet_losses.trainers.variants import define_trainer, number_tag
 
 #: gamma grid of the DSC++ paper (Yeung et al. 2022)
 DSCPP_GAMMAS = (0.5, 1, 1.5, 2, 2.5, 3, 4, 5)

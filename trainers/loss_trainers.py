@@ -1,13 +1,13 @@
 """One nnU-Net trainer per loss of the library: nnU-Net's default trainer (network, SGD, schedule, augmentation,
 deep supervision, validation, export) with only the loss replaced. Everything shared lives in
-:class:`~nnunet_losses.trainers.base.LossTrainerMixin`; a trainer is its loss name and hyper-parameters.
+:class:`~nnunet_losses.trainers.mixins.LossTrainerMixin`; a trainer is its loss name and hyper-parameters.
 """
 from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from ..registry import LOSSES
-from .base import LossTrainerMixin
+from nnunet_losses.registry import LOSSES
+from nnunet_losses.trainers.mixins import LossTrainerMixin
 
 
 def _paper(loss_name: str) -> str:

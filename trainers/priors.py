@@ -143,7 +143,7 @@ def load_or_compute_priors(folder: Path, key: str, definition: Dict[str, object]
 
 def trainer_class_priors(trainer) -> List[float]:
     """Class priors of ``trainer``'s fold (cached), logged together with the resulting weighted-CE weights."""
-    from ..functional import class_weights_from_priors
+    from nnunet_losses.functional import class_weights_from_priors
 
     if trainer.dataset_class is None:
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class

@@ -14,7 +14,7 @@ import importlib
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .base import Converter, DatasetIDError, LayoutError, SourceDataError, verify_raw_dataset
+from nnunet_losses.datasets.converter import Converter, DatasetIDError, LayoutError, SourceDataError, verify_raw_dataset
 
 #: dataset key -> module implementing it
 DATASETS = {
@@ -65,7 +65,7 @@ def convert(dataset: str, source, dataset_id: Optional[int] = None, binary=None,
     options: dataset-specific, e.g. ISLES ``perfusion="maps"|"none"|"raw"``, ``modalities=[...]``;
         KiTS19 ``exclude_flawed=True``.
     """
-    from .base import run_conversion
+    from nnunet_losses.datasets.converter import run_conversion
     converter = get_converter(dataset, binary=binary, **options)
     return run_conversion(converter, source, dataset_id=dataset_id, raw_dir=raw_dir, name=name, exclude=exclude,
                           num_processes=num_processes, verify=verify)
@@ -76,7 +76,7 @@ def package(challenge: str, predictions, output, reference, variant: Optional[st
 
     Returns the written files. Refuses to overwrite existing files. See :mod:`nnunet_losses.datasets.packaging`.
     """
-    from .packaging import package as _package
+    from nnunet_losses.datasets.packaging import package as _package
     return _package(challenge, predictions, output, reference, variant=variant)
 
 

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import Case, Converter, SourceDataError, check_label_values, read_3d, write_label_like
+from nnunet_losses.datasets.converter import Case, Converter, SourceDataError, check_label_values, read_3d, write_label_like
 
 FILE_RE = re.compile(r"^(?:SMIR|VSD)\.Brain\.XX\.O\.(?P<token>[A-Za-z0-9_]+)\.(?P<oid>\d+)\.nii(?:\.gz)?$")
 PERFUSION_MODES = ("maps", "none", "raw")

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .base import Case, Converter, Variant, check_label_values, copy_nifti, visible_dirs, \
+from nnunet_losses.datasets.converter import Case, Converter, Variant, check_label_values, copy_nifti, visible_dirs, \
     write_label_like
 
 TRAIN_DIR = "MICCAI_BraTS_2018_Data_Training"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from .base import Case, Mask2DConverter, Variant, visible_files
+from nnunet_losses.datasets.converter import Case, Mask2DConverter, Variant, visible_files
 
 ROOT = "BUS_Dataset_B"
 

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import DATASETS, converter_class
+from nnunet_losses.datasets import DATASETS, converter_class
 
 CHALLENGES = ("brats2018", "kits19", "isic2018")
 
@@ -22,8 +22,8 @@ def _datasets_epilog() -> str:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from . import convert
-    from .base import DatasetIDError, LayoutError, SourceDataError
+    from nnunet_losses.datasets import convert
+    from nnunet_losses.datasets.converter import DatasetIDError, LayoutError, SourceDataError
     options = {}
     if args.perfusion is not None:
         options["perfusion"] = args.perfusion
@@ -42,7 +42,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
-    from .packaging import PackagingError, package
+    from nnunet_losses.datasets.packaging import PackagingError, package
     try:
         written = package(args.challenge, args.predictions, args.output, args.reference, variant=args.variant)
     except (PackagingError, ValueError, KeyError) as e:

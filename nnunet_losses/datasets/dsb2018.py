@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .base import RGB_CHANNELS, Case, Converter, SourceDataError, Variant, read_mask, read_rgb, visible_dirs, \
+from nnunet_losses.datasets.converter import RGB_CHANNELS, Case, Converter, SourceDataError, Variant, read_mask, read_rgb, visible_dirs, \
     visible_files, write_2d_case
 
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from .base import Case, Mask2DConverter, Variant, case_with_label, visible_files
+from nnunet_losses.datasets.converter import Case, Mask2DConverter, Variant, case_with_label, visible_files
 
 IMAGE_RE = re.compile(r"^ISIC_\d+\.jpe?g$", re.IGNORECASE)
 SPLITS = ("Training", "Validation", "Test")

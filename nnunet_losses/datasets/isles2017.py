@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from ._isles import RAW, ISLESConverter
-from .base import Case, Variant, visible_dirs
+from nnunet_losses.datasets._isles import RAW, ISLESConverter
+from nnunet_losses.datasets.converter import Case, Variant, visible_dirs
 
 TRAIN_DIR, TEST_DIR = "ISLES2017_Training", "ISLES2017_Testing"
 TRAIN_CASE, TEST_CASE = re.compile(r"^training_\d+$"), re.compile(r"^test_\d+$")

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from ._isles import RAW, ISLESConverter
-from .base import Case, Variant, first_existing, visible_dirs
+from nnunet_losses.datasets._isles import RAW, ISLESConverter
+from nnunet_losses.datasets.converter import Case, Variant, first_existing, visible_dirs
 
 CASE = re.compile(r"^case_\d+$")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 
-from .base import Case, Converter, Variant, check_label_values, visible_dirs, write_label_like
+from nnunet_losses.datasets.converter import Case, Converter, Variant, check_label_values, visible_dirs, write_label_like
 
 FLAWED_CASES = ("case_00015", "case_00023", "case_00037", "case_00068", "case_00125", "case_00133")
 FIRST_TEST_CASE = 210

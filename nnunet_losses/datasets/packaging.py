@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import MAX_LISTED, first_existing
+from nnunet_losses.datasets.converter import MAX_LISTED, first_existing
 
 
 class PackagingError(ValueError):

@@ -1,9 +1,9 @@
 """Thin ``nn.Module`` wrappers around :mod:`nnunet_losses.functional`, one family per file."""
-from .pixelwise import CrossEntropyLoss, WeightedCrossEntropyLoss, FocalLoss
-from .overlap import (SoftDiceLoss, SoftJaccardLoss, DSCppLoss, TverskyLoss, TverskyPPLoss, FocalTverskyLoss,
+from nnunet_losses.losses.pixelwise import CrossEntropyLoss, WeightedCrossEntropyLoss, FocalLoss
+from nnunet_losses.losses.overlap import (SoftDiceLoss, SoftJaccardLoss, DSCppLoss, TverskyLoss, TverskyPPLoss, FocalTverskyLoss,
                       FocalTverskyPPLoss)
-from .lovasz import LovaszLoss
-from .compound import DiceCELoss, ComboLoss, ComboPPLoss, UnifiedFocalLoss, UnifiedFocalPPLoss
+from nnunet_losses.losses.lovasz import LovaszLoss
+from nnunet_losses.losses.compound import DiceCELoss, ComboLoss, ComboPPLoss, UnifiedFocalLoss, UnifiedFocalPPLoss
 
 __all__ = ["CrossEntropyLoss", "WeightedCrossEntropyLoss", "FocalLoss", "SoftDiceLoss", "SoftJaccardLoss",
            "DSCppLoss", "TverskyLoss", "TverskyPPLoss", "FocalTverskyLoss", "FocalTverskyPPLoss", "LovaszLoss",

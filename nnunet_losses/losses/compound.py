@@ -6,11 +6,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .. import functional as Fn
-from ..base import check_bool, check_range
-from ..inputs import PreparedBatch
-from .overlap import OverlapLoss
-from .pixelwise import voxel_focal_nll
+from nnunet_losses import functional as Fn
+from nnunet_losses.segmentation_loss import check_bool, check_range
+from nnunet_losses.batch import PreparedBatch
+from nnunet_losses.losses.overlap import OverlapLoss
+from nnunet_losses.losses.pixelwise import voxel_focal_nll
 
 _INF = float("inf")
 

@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .. import functional as Fn
-from ..base import SegmentationLoss, check_bool
-from ..inputs import PreparedBatch
+from nnunet_losses import functional as Fn
+from nnunet_losses.segmentation_loss import SegmentationLoss, check_bool
+from nnunet_losses.batch import PreparedBatch
 
 
 class LovaszLoss(SegmentationLoss):

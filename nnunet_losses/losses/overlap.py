@@ -12,9 +12,9 @@ from typing import Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from .. import functional as Fn
-from ..base import SegmentationLoss, check_bool, check_range
-from ..inputs import PreparedBatch
+from nnunet_losses import functional as Fn
+from nnunet_losses.segmentation_loss import SegmentationLoss, check_bool, check_range
+from nnunet_losses.batch import PreparedBatch
 
 _INF = float("inf")
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import functional as Fn
-from ..base import SegmentationLoss, check_range
-from ..inputs import PreparedBatch
+from nnunet_losses import functional as Fn
+from nnunet_losses.segmentation_loss import SegmentationLoss, check_range
+from nnunet_losses.batch import PreparedBatch
 
 
 def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,

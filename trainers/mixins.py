@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from ..deep_supervision import nnunet_deep_supervision_weights
-from ..registry import get_loss, loss_arguments
+from nnunet_losses.deep_supervision import nnunet_deep_supervision_weights
+from nnunet_losses.registry import get_loss, loss_arguments
 
 #: environment variable -> trainer attribute it overrides (short runs for tests and demos)
 SHORT_RUN_ENV = {
@@ -126,7 +126,7 @@ class LossTrainerMixin(ShortRunMixin):
         }
         kwargs = {k: v for k, v in nnunet.items() if k in accepted}
         if "class_priors" in accepted and "class_priors" not in user:
-            from .priors import trainer_class_priors
+            from nnunet_losses.trainers.priors import trainer_class_priors
             kwargs["class_priors"] = trainer_class_priors(self)
         kwargs.update(user)
         return kwargs

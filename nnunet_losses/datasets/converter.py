@@ -308,7 +308,7 @@ def run_conversion(converter: Converter, source, dataset_id: Optional[int] = Non
             for job in jobs:
                 _convert_one(*job)
         from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-        from .. import __version__
+        from nnunet_losses import __version__
         v = converter.variant
         generate_dataset_json(str(scratch), channel_names=dict(converter.channel_names()),
                               labels={k: (tuple(x) if isinstance(x, (tuple, list)) else x) for k, x in v.labels.items()},

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import functional as Fn
+from nnunet_losses import functional as Fn
 
 
 @dataclass

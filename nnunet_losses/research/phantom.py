@@ -1,6 +1,6 @@
 r"""Phantom nnU-Net raw datasets with *known* inherent uncertainty: the expected reference volume of every case is exact.
 
-Seed 001's Sect. 2.2 situation, made into images (see :mod:`nnunet_losses.theory` and ``docs/theory.md``):
+Seed 001's Sect. 2.2 situation, made into images (see :mod:`nnunet_losses.research.theory` and ``docs/theory.md``):
 
 * a certain **core** (γ; label 1 in every draw): a disc (2D) or ball (3D) of radius ``r`` drawn per case from
   ``radius_range`` (mm, for scale studies);
@@ -179,7 +179,7 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
     voxel_ml = float(np.prod(spacing3)) / 1000.0
     theory = None
     if variant == "regions" and mu > 0:
-        from .theory import flip_threshold, optimal_p_hat_soft_dice
+        from nnunet_losses.research.theory import flip_threshold, optimal_p_hat_soft_dice
         theory = {"note": "seed 001 Sect. 2.2 with alpha = background, gamma = core, beta = ring; image-wise soft Dice "
                           "with one p_hat for all ring voxels (nnU-Net's batch Dice over patches is not this)",
                   "flip_threshold": flip_threshold(int(n_subregions), float(mu), tol=1e-8),
@@ -211,7 +211,7 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
                     "description": f"nnunet_losses phantom ({variant}, {dim}D): p={p}, N={n_subregions}, mu={mu}; "
                                    f"expected volumes in {SIDECAR}"}
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    sidecar = {"generator": "nnunet_losses.phantom", "variant": variant, "dim": dim, "p": p,
+    sidecar = {"generator": "nnunet_losses.research.phantom", "variant": variant, "dim": dim, "p": p,
                "n_subregions": int(n_subregions), "mu": mu, "n_cases": n_cases, "shape_zyx": list(shape3),
                "spacing_zyx_mm": list(spacing3), "voxel_volume_ml": voxel_ml, "radius_range_mm": [lo, hi],
                "noise": noise, "blur_mm": blur if variant == "voxel" else None,

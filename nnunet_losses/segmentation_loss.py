@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from .deep_supervision import deep_supervision_loss
-from .inputs import PreparedBatch, prepare_batch
+from nnunet_losses.deep_supervision import deep_supervision_loss
+from nnunet_losses.batch import PreparedBatch, prepare_batch
 
 
 def check_range(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False):
@@ -44,7 +44,7 @@ def check_deep_supervision_weights(weights) -> Optional[tuple]:
 class SegmentationLoss(nn.Module):
     """A loss called as ``loss(logits, target)`` on nnU-Net's network output and target.
 
-    Subclasses implement :meth:`compute` on a :class:`~nnunet_losses.inputs.PreparedBatch`. This class handles
+    Subclasses implement :meth:`compute` on a :class:`~nnunet_losses.batch.PreparedBatch`. This class handles
     what is common to all of them:
 
     * ``region_based``: ``False`` = softmax over label maps, ``True`` = sigmoid over region maps (nnU-Net's

@@ -2,7 +2,7 @@
 
 For each inherent uncertainty p (default 0.2 and 0.8) the demo
 
-1. writes a 2D phantom (:mod:`nnunet_losses.phantom`): a certain core plus N uncertain ring sectors, each drawn
+1. writes a 2D phantom (:mod:`nnunet_losses.research.phantom`): a certain core plus N uncertain ring sectors, each drawn
    into the reference with probability p -- the image cannot tell whether a sector was drawn in;
 2. runs nnU-Net for real: ``nnUNetv2_plan_and_preprocess``, then ``nnUNetv2_train ... --npz`` with
    ``nnUNetTrainer_CEonly`` and ``nnUNetTrainer_SoftDice`` (short schedule through the ``NNUNET_LOSSES_*``
@@ -12,7 +12,7 @@ For each inherent uncertainty p (default 0.2 and 0.8) the demo
 4. prints the table -- CE (NLL), 1 - soft Dice, soft volume error dV = V(pred) - V(ref) with its significance --
    next to the theory's prediction for the same phantom, and saves a plot.
 
-The theory (seed 001 Sect. 2.2, :mod:`nnunet_losses.theory`): the soft-Dice-optimal prediction in the uncertain
+The theory (seed 001 Sect. 2.2, :mod:`nnunet_losses.research.theory`): the soft-Dice-optimal prediction in the uncertain
 sectors is 0 below the flip threshold (~0.44 for N = 4, mu = 1) and 1 above it, so soft Dice *under*-estimates
 the volume at p = 0.2 and *over*-estimates it at p = 0.8, by about 0.2 x the uncertain volume; cross-entropy's
 optimum is p itself, so its expected (soft) volume is unbiased. Volumes are soft (sum of probabilities x voxel
@@ -65,9 +65,9 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
              val_iterations: int = 2, fold: int = 0, device: str = "cpu", first_dataset_id: int = 801,
              seed: int = 0, n_boot: int = 10000, quiet: bool = False) -> dict:
     """Run the whole demo in ``workdir`` (created; must not exist yet) and return its results (also as JSON)."""
-    from . import theory
-    from .evaluation import compare, evaluate
-    from .phantom import load_sidecar, write_phantom_dataset
+    from nnunet_losses.research import theory
+    from nnunet_losses.evaluation import compare, evaluate
+    from nnunet_losses.research.phantom import load_sidecar, write_phantom_dataset
 
     workdir = Path(workdir).resolve()
     if workdir.exists() and any(workdir.iterdir()):
@@ -77,7 +77,7 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
         workdir / "evaluation"
     for d in (raw, pre, res, out, workdir / "logs"):
         d.mkdir(parents=True, exist_ok=True)
-    from .trainers import trainer_path
+    from nnunet_losses.trainers import trainer_path
     env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
                nnUNet_extTrainer=str(trainer_path()), nnUNet_compile="false",
                # -device cpu sets torch's threads to the core count; OpenMP's default busy-waiting then makes

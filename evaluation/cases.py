@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import EvaluationError
-from .spec import TaskSpec
+from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.spec import TaskSpec
 
 FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 #: a first spacing this many times larger than the others, on a single-slice array, is nnU-Net's 2D marker
@@ -76,7 +76,7 @@ def load_probabilities(path: Path, hint: str = "") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"{path}: probabilities file is missing{'; ' + hint if hint else ''}")
-    from .npz import NpzDamaged, read_npz_array
+    from nnunet_losses.evaluation.npz import NpzDamaged, read_npz_array
     try:
         return read_npz_array(path, ("probabilities", "softmax"))[1]
     except KeyError as e:
@@ -92,7 +92,7 @@ class _Probabilities:
     """:class:`.npz.StreamedArray` whose errors are one-line :class:`EvaluationError` naming the file."""
 
     def __init__(self, path: Path, hint: str):
-        from .npz import StreamedArray
+        from nnunet_losses.evaluation.npz import StreamedArray
         self.path, self.hint = path, hint
         with self._translated():
             self._s = StreamedArray(path, ("probabilities", "softmax"))
@@ -100,7 +100,7 @@ class _Probabilities:
 
     def _translated(self):
         import contextlib
-        from .npz import NpzDamaged
+        from nnunet_losses.evaluation.npz import NpzDamaged
 
         @contextlib.contextmanager
         def cm():
