@@ -22,6 +22,12 @@ the same tensors:
   use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)``, target nested bool region maps
   ``(B, R, *spatial)`` (region r = label > r), as nnU-Net's ``ConvertSegmentationToRegionsTransform`` makes.
 
+**Peers**: the same loss as implemented by torch, MONAI or nnU-Net (``loss_peers.py``: ``ce``/``wce`` vs torch's
+cross-entropy, soft Dice / Jaccard / Tversky / Focal vs MONAI's and nnU-Net's, Dice+CE vs MONAI's ``DiceCELoss``),
+timed as extra steps of the same rounds on the same tensors. The table gives the fastest peer of each loss, its
+time and peak memory, and our time over its time; MONAI's peers are skipped (the header says so) where MONAI is
+not installed.
+
 **Time**: after ``--warmup`` untimed steps of every loss, ``--reps`` rounds in which every loss (baseline
 included) runs once, in a rotating order, so that the baseline and the losses see the same machine state
 (other processes, CPU frequency). The reported time is the median over rounds; "ratio" is the loss's median
@@ -78,7 +84,12 @@ import nnunet_losses  # noqa: E402
 from nnunet_losses import functional as Fn  # noqa: E402
 from nnunet_losses.batch import prepare_batch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss_peers import make_peers, monai_missing_reason  # noqa: E402
+
 BASELINE = "nnU-Net"
+#: prefix of the step names of peer implementations (see loss_peers.py)
+PEER = "peer:"
 #: Losses whose target is <= 1.05x nnU-Net's Dice+CE (the performance issue's overlap-loss target).
 OVERLAP_LOSSES = ("softdice", "softjaccard", "dscpp", "tversky", "focal_tversky", "tversky_pp", "focal_tversky_pp")
 OVERLAP_TARGET = 1.05
@@ -251,6 +262,12 @@ def bench_mode(shape: Tuple[int, ...], region: bool, device: torch.device, reps:
     if only:
         losses = {k: v for k, v in losses.items() if k == BASELINE or k in only}
     steps = {name: train_step(loss, logits, target) for name, loss in losses.items()}
+    # peers of our losses, timed in the same rotating rounds: {our name: [step names of its peers]}
+    peers = {name: [] for name in losses}
+    for name, impls in make_peers(region, uniformish_priors(shape[1], region)).items():
+        for label, impl in impls.items() if name in losses else ():
+            steps[f"{PEER}{name}:{label}"] = train_step(impl, logits, target)
+            peers[name].append(f"{PEER}{name}:{label}")
     sort_name = None
     if "lovasz" in losses:
         sort_name = "torch.sort"
@@ -259,26 +276,37 @@ def bench_mode(shape: Tuple[int, ...], region: bool, device: torch.device, reps:
         steps[OWN_SORT] = own_sort_step(errors)
     times = time_steps(steps, device, reps, warmup, clock)
     peaks = {}
-    for name in losses:
+    for name in list(losses) + [p for ps in peers.values() for p in ps]:
         logits.grad = None
         peaks[name] = peak_bytes(steps[name], device)
     logits.grad = None
     med = {name: statistics.median(t) for name, t in times.items()}
     return {"mode": "region (sigmoid)" if region else "label (softmax)", "shape": shape, "device": device,
-            "median_ms": med, "times": times, "peak": peaks, "names": list(losses),
+            "median_ms": med, "times": times, "peak": peaks, "names": list(losses), "peers": peers,
             "sort": None if sort_name is None else (tuple(errors.shape), med[sort_name], med[OWN_SORT])}
 
 
+def fastest_peer(res: dict, name: str) -> Optional[str]:
+    """Step name of the fastest peer of loss ``name`` in this run, or None if it has none."""
+    return min(res["peers"].get(name, []), key=lambda p: res["median_ms"][p], default=None)
+
+
 def format_table(results: List[dict]) -> str:
-    lines = ["| loss | mode | time ms | ratio vs nnU-Net | peak MB | ratio |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| loss | mode | time ms | ratio vs nnU-Net | peak MB | ratio | fastest peer | peer ms | ratio vs peer "
+             "| peer MB |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for res in results:
         med, peak = res["median_ms"], res["peak"]
         base_t, base_m = med[BASELINE], peak[BASELINE]
         mode = res["mode"].split()[0]
         for name in res["names"]:
             label = f"{BASELINE} ({'DC_and_BCE' if mode == 'region' else 'DC_and_CE'})" if name == BASELINE else name
+            peer = fastest_peer(res, name)
+            peer_cols = ("- | - | - | -" if peer is None else
+                         f"{peer.split(':', 2)[2]} | {med[peer]:.2f} | {med[name] / med[peer]:.2f} | "
+                         f"{peak[peer] / 2 ** 20:.1f}")
             lines.append(f"| {label} | {mode} | {med[name]:.2f} | {med[name] / base_t:.2f} | "
-                         f"{peak[name] / 2 ** 20:.1f} | {peak[name] / base_m if base_m > 0 else float('nan'):.2f} |")
+                         f"{peak[name] / 2 ** 20:.1f} | {peak[name] / base_m if base_m > 0 else float('nan'):.2f} | "
+                         f"{peer_cols} |")
     return "\n".join(lines)
 
 
@@ -290,6 +318,14 @@ def format_summary(results: List[dict]) -> str:
         base_t = med[BASELINE]
         q1, _, q3 = statistics.quantiles(res["times"][BASELINE], n=4) if len(res["times"][BASELINE]) > 1 else [base_t] * 3
         lines.append(f"- {mode}: noise -- nnU-Net's step took {q1:.2f}..{q3:.2f} ms (25th..75th percentile)")
+        slower = [f"{n} {med[n] / base_t:.2f}x" for n in res["names"] if n != BASELINE and med[n] > base_t]
+        lines.append(f"- {mode}: every loss <= 1.0x nnU-Net's default: "
+                     + ("met" if not slower else "missed by " + ", ".join(slower)))
+        behind = [f"{n} {med[n] / med[p]:.2f}x {p.split(':', 2)[2]}" for n in res["names"]
+                  for p in [fastest_peer(res, n)] if p is not None and med[n] > med[p]]
+        with_peer = [n for n in res["names"] if fastest_peer(res, n) is not None]
+        lines.append(f"- {mode}: every loss <= its fastest peer ({', '.join(with_peer)}): "
+                     + ("met" if not behind else "missed by " + ", ".join(behind)))
         missed = [f"{n} {med[n] / base_t:.2f}x" for n in OVERLAP_LOSSES if n in med and med[n] / base_t > OVERLAP_TARGET]
         checked = [n for n in OVERLAP_LOSSES if n in med]
         if checked:
@@ -317,9 +353,13 @@ def cpu_name() -> str:
 
 def header(device: torch.device, shape, reps: int, warmup: int, clock_name: str = "wall") -> str:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    monai = monai_missing_reason()
+    if monai is None:
+        import monai as monai_module
+        monai = f"MONAI {monai_module.__version__}"
     return (f"### {device.type.upper()} {'x'.join(map(str, shape))} -- {dev}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {clock_name}-clock median of {reps} rounds after {warmup} warm-up, "
-            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+            f"{datetime.datetime.now().isoformat(timespec='seconds')}; {monai}")
 
 
 def parse_shape(text: str) -> Tuple[int, ...]:
