@@ -27,8 +27,10 @@ SUBCOMMAND_MODULES = {
 
 def _cmd_losses(args: argparse.Namespace) -> int:
     from nnunet_losses.registry import LOSSES, loss_arguments
-    for name, (cls, paper) in LOSSES.items():
-        print(f"{name:18s} {cls.__name__:28s} {paper}")
+    for name, spec in LOSSES.items():
+        overrides = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
+        call = f"{spec.cls.__name__}({overrides})" if overrides else spec.cls.__name__
+        print(f"{name:18s} {call:32s} {spec.paper}")
         if args.verbose:
             defaults = ", ".join(f"{k}={'<required>' if v is inspect.Parameter.empty else repr(v)}"
                                  for k, v in loss_arguments(name).items())

@@ -1,32 +1,59 @@
-"""Name -> loss registry: ``available_losses()`` and ``get_loss(name, **kwargs)``."""
+"""The one table of losses: name -> class, paper, nnU-Net trainer and default overrides.
+
+:data:`LOSSES` drives everything that lists losses: :func:`available_losses`, :func:`get_loss`, the trainers
+(``trainers/loss_trainers.py`` builds ``nnUNetTrainer_<trainer>`` for every entry), ``nnunet-losses losses`` and
+the tests (a test checks that the README's loss table lists exactly these names). A variant that only changes
+defaults is one line here -- e.g. Tversky++ is ``TverskyLoss`` with ``gamma_pp=2`` -- plus its reference test.
+"""
 from __future__ import annotations
 
 import inspect
-from typing import Dict, List, Type
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Dict, List, Mapping, Type
 
 from nnunet_losses.segmentation_loss import SegmentationLoss
-from nnunet_losses.losses import (ComboLoss, ComboPPLoss, CrossEntropyLoss, DiceCELoss, DSCppLoss, FocalLoss, FocalTverskyLoss,
-                     FocalTverskyPPLoss, LovaszLoss, SoftDiceLoss, SoftJaccardLoss, TverskyLoss, TverskyPPLoss,
-                     UnifiedFocalLoss, UnifiedFocalPPLoss, WeightedCrossEntropyLoss)
+from nnunet_losses.losses import (ComboLoss, CrossEntropyLoss, DiceCELoss, DSCppLoss, FocalLoss, FocalTverskyLoss,
+                                  LovaszLoss, SoftDiceLoss, SoftJaccardLoss, TverskyLoss, UnifiedFocalLoss,
+                                  WeightedCrossEntropyLoss)
 
-#: name -> (class, paper). The papers are the three seed papers of this project (see README).
-LOSSES: Dict[str, tuple] = {
-    "ce": (CrossEntropyLoss, "Bertels et al. 2019 (CE baseline)"),
-    "wce": (WeightedCrossEntropyLoss, "Bertels et al. 2019 (weighted CE, 1/(2p), 1/(2-2p))"),
-    "focal": (FocalLoss, "Lin et al. 2017; Yeung et al. 2022 Eq. 2"),
-    "softdice": (SoftDiceLoss, "Milletari et al. 2016; Bertels et al. 2019/2020"),
-    "softjaccard": (SoftJaccardLoss, "Rahman & Wang 2016; Bertels et al. 2019"),
-    "lovasz": (LovaszLoss, "Berman et al. 2018; Bertels et al. 2019"),
-    "dscpp": (DSCppLoss, "Yeung et al. 2022 Eq. 9"),
-    "tversky": (TverskyLoss, "Salehi et al. 2017; Yeung et al. 2022 Eq. 15"),
-    "focal_tversky": (FocalTverskyLoss, "Abraham & Khan 2019; Yeung et al. 2022 Eq. 17"),
-    "combo": (ComboLoss, "Taghanaki et al. 2019; Yeung et al. 2022 Eq. 13"),
-    "unified_focal": (UnifiedFocalLoss, "Yeung et al. 2022 Eq. 18"),
-    "tversky_pp": (TverskyPPLoss, "Yeung et al. 2022 (Tversky++)"),
-    "focal_tversky_pp": (FocalTverskyPPLoss, "Yeung et al. 2022 (Focal Tversky++)"),
-    "combo_pp": (ComboPPLoss, "Yeung et al. 2022 (Combo++)"),
-    "unified_focal_pp": (UnifiedFocalPPLoss, "Yeung et al. 2022 (Unified Focal++)"),
-    "dice_ce": (DiceCELoss, "Isensee et al. 2021 (nnU-Net default)"),
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One registry entry: ``cls(**defaults, **user_kwargs)``, trained by ``nnUNetTrainer_<trainer>``."""
+    cls: Type[SegmentationLoss]
+    paper: str
+    trainer: str
+    defaults: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+
+def _entry(cls, paper: str, trainer: str, **defaults) -> LossSpec:
+    return LossSpec(cls, paper, trainer, defaults)
+
+
+#: name -> entry. The papers are the three seed papers of this project (see README).
+LOSSES: Dict[str, LossSpec] = {
+    "ce": _entry(CrossEntropyLoss, "Bertels et al. 2019 (CE baseline)", "CEonly"),
+    "wce": _entry(WeightedCrossEntropyLoss, "Bertels et al. 2019 (weighted CE, 1/(2p), 1/(2-2p))", "wCE"),
+    "focal": _entry(FocalLoss, "Lin et al. 2017; Yeung et al. 2022 Eq. 2", "Focal"),
+    "softdice": _entry(SoftDiceLoss, "Milletari et al. 2016; Bertels et al. 2019/2020", "SoftDice"),
+    "softjaccard": _entry(SoftJaccardLoss, "Rahman & Wang 2016; Bertels et al. 2019", "SoftJaccard"),
+    "lovasz": _entry(LovaszLoss, "Berman et al. 2018; Bertels et al. 2019", "Lovasz"),
+    "dscpp": _entry(DSCppLoss, "Yeung et al. 2022 Eq. 9", "DSCpp"),
+    "tversky": _entry(TverskyLoss, "Salehi et al. 2017; Yeung et al. 2022 Eq. 15", "Tversky"),
+    "focal_tversky": _entry(FocalTverskyLoss, "Abraham & Khan 2019; Yeung et al. 2022 Eq. 17", "FocalTversky"),
+    "combo": _entry(ComboLoss, "Taghanaki et al. 2019; Yeung et al. 2022 Eq. 13", "Combo"),
+    "unified_focal": _entry(UnifiedFocalLoss, "Yeung et al. 2022 Eq. 18", "UnifiedFocal"),
+    "tversky_pp": _entry(TverskyLoss, "Yeung et al. 2022 (Tversky++)", "TverskyPP", gamma_pp=2.0),
+    "focal_tversky_pp": _entry(FocalTverskyLoss, "Yeung et al. 2022 (Focal Tversky++)", "FocalTverskyPP",
+                               gamma_pp=2.0),
+    "combo_pp": _entry(ComboLoss, "Yeung et al. 2022 (Combo++)", "ComboPP", gamma_pp=2.0),
+    "unified_focal_pp": _entry(UnifiedFocalLoss, "Yeung et al. 2022 (Unified Focal++)", "UnifiedFocalPP",
+                               gamma_pp=2.0),
+    "dice_ce": _entry(DiceCELoss, "Isensee et al. 2021 (nnU-Net default)", "DiceCE"),
 }
 
 
@@ -35,16 +62,22 @@ def available_losses() -> List[str]:
     return list(LOSSES)
 
 
-def loss_arguments(name: str) -> Dict[str, object]:
-    """Keyword arguments of loss ``name`` with their defaults (``inspect.Parameter.empty`` if required)."""
-    cls = loss_class(name)
-    return {p.name: p.default for p in list(inspect.signature(cls.__init__).parameters.values())[1:]}
+def loss_spec(name: str) -> LossSpec:
+    """The registry entry of ``name`` (case-insensitive); a one-line error listing the names otherwise."""
+    if not isinstance(name, str) or name.lower() not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(LOSSES)}")
+    return LOSSES[name.lower()]
 
 
 def loss_class(name: str) -> Type[SegmentationLoss]:
-    if not isinstance(name, str) or name.lower() not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(LOSSES)}")
-    return LOSSES[name.lower()][0]
+    return loss_spec(name).cls
+
+
+def loss_arguments(name: str) -> Dict[str, object]:
+    """Keyword arguments of loss ``name`` with its defaults (``inspect.Parameter.empty`` if required)."""
+    spec = loss_spec(name)
+    args = {p.name: p.default for p in inspect.signature(spec.cls).parameters.values()}
+    return {k: spec.defaults.get(k, default) for k, default in args.items()}
 
 
 def get_loss(name: str, **kwargs) -> SegmentationLoss:
@@ -52,8 +85,9 @@ def get_loss(name: str, **kwargs) -> SegmentationLoss:
 
     Keyword arguments use nnU-Net's names (``batch_dice``, ``do_bg``, ``smooth``, ``ignore_label``, ``ddp``,
     ``region_based``) and the papers' names otherwise (``alpha`` = FP weight, ``beta`` = FN weight, ``gamma``,
-    ``delta``, ``lambda_``, ``gamma_pp`` = DSC++ exponent of the ++ forms).
+    ``delta``, ``lambda_``, ``gamma_pp`` = DSC++ exponent of the ++ forms); ``loss_arguments(name)`` lists them.
     """
+    spec = loss_spec(name)
     valid = loss_arguments(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
@@ -61,4 +95,4 @@ def get_loss(name: str, **kwargs) -> SegmentationLoss:
     missing = [k for k, default in valid.items() if default is inspect.Parameter.empty and k not in kwargs]
     if missing:
         raise ValueError(f"loss {name!r} needs {', '.join(missing)}; valid arguments: {', '.join(valid)}")
-    return loss_class(name)(**kwargs)
+    return spec.cls(**{**spec.defaults, **kwargs})

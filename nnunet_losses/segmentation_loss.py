@@ -1,6 +1,7 @@
 """Base class shared by every loss: input handling, deep supervision and argument validation."""
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Optional, Sequence
@@ -54,9 +55,16 @@ class SegmentationLoss(nn.Module):
     * deep supervision: if ``logits`` and ``target`` are lists (nnU-Net's deep supervision outputs), the result
       is ``sum_i w_i loss(logits[i], target[i])`` with ``deep_supervision_weights`` (``None`` = nnU-Net's
       ``1/2**i`` weighting with the lowest resolution off).
+
+    Every constructor argument is keyword-only. A subclass names its own arguments and passes the rest on as
+    ``**shared``; :func:`constructor_signature` (``help(cls)``, ``inspect.signature(cls)``) show the whole chain.
     """
 
-    def __init__(self, region_based: bool = False, ignore_label: Optional[int] = None,
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = constructor_signature(cls)
+
+    def __init__(self, *, region_based: bool = False, ignore_label: Optional[int] = None,
                  deep_supervision_weights: Optional[Sequence[float]] = None):
         super().__init__()
         self.region_based = check_bool("region_based", region_based)
@@ -77,5 +85,26 @@ class SegmentationLoss(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
+        # every public attribute is a constructor argument of the same name and value (a test checks this), so
+        # the repr -- which the trainers write to nnU-Net's training log -- reads as the call that builds the loss
         return ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
                          if not k.startswith("_") and not isinstance(v, nn.Module) and k != "training")
+
+
+def constructor_signature(cls: type) -> inspect.Signature:
+    """The keyword arguments of ``cls(...)``: its own ``__init__``'s, then (while an ``__init__`` forwards
+    ``**shared``) its bases', down to :class:`SegmentationLoss`'s shared ones. Each name appears once."""
+    params = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        forwards = False
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            else:
+                params.setdefault(p.name, p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        if not forwards:
+            break
+    return inspect.Signature(list(params.values()))

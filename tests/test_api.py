@@ -15,6 +15,7 @@ from torch import nn
 import nnunet_losses
 from loss_cases import ALL_LOSSES, make_loss
 from nnunet_losses import available_losses, get_loss, loss_arguments
+from nnunet_losses.registry import LOSSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,9 @@ def one_line_value_error(call, *fragments: str) -> str:
 def test_available_losses_lists_exactly_the_16_losses():
     names = available_losses()
     assert isinstance(names, list)
-    assert len(names) == 16 and len(set(names)) == 16
-    assert set(names) == set(ALL_LOSSES)
+    assert names == ["ce", "wce", "focal", "softdice", "softjaccard", "lovasz", "dscpp", "tversky", "focal_tversky",
+                     "combo", "unified_focal", "tversky_pp", "focal_tversky_pp", "combo_pp", "unified_focal_pp",
+                     "dice_ce"]
 
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
@@ -52,11 +54,63 @@ def test_get_loss_returns_a_working_module(name):
 
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
-def test_loss_arguments_match_the_constructor(name):
+def test_loss_arguments_are_the_keyword_only_constructor_arguments(name):
     args = loss_arguments(name)
     for common in ("region_based", "ignore_label", "deep_supervision_weights"):
         assert common in args
-    assert list(args) == list(inspect.signature(type(make_loss(name, False)).__init__).parameters)[1:]
+    cls = LOSSES[name].cls
+    params = inspect.signature(cls).parameters
+    assert list(args) == list(params)
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    with pytest.raises(TypeError):  # no positional arguments: 11 of them in a row were a source of bugs
+        cls(False)
+    for k, v in LOSSES[name].defaults.items():
+        assert args[k] == v and params[k].default != v  # a registry override really overrides
+
+
+def repr_arguments(loss) -> dict:
+    """``name=value`` pairs of a loss's repr, evaluated."""
+    text = repr(loss)
+    return eval(f"dict({text[text.index('(') + 1:text.rindex(')')]})")
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
+def test_repr_names_only_constructor_arguments_with_their_values(name):
+    """One public name per hyper-parameter: what the repr (and so the training log) prints is the constructor
+    call that rebuilds the loss -- no ``gamma_pp=1.0`` on a loss without such an argument."""
+    loss = make_loss(name, False, ignore_label=4, deep_supervision_weights=(0.5, 0.5))
+    printed = repr_arguments(loss)
+    assert set(printed) <= set(loss_arguments(name)), sorted(set(printed) - set(loss_arguments(name)))
+    for k, v in LOSSES[name].defaults.items():
+        assert printed[k] == v
+    rebuilt = type(loss)(**printed)
+    assert repr(rebuilt) == repr(loss)
+    changed = {k: v * 1.5 for k, v in printed.items() if k in ("gamma", "gamma_pp", "alpha", "smooth")
+               and isinstance(v, float)}
+    if changed:  # each printed value comes from its own argument
+        assert {k: repr_arguments(make_loss(name, False, **changed))[k] for k in changed} == changed
+
+
+def test_readme_loss_table_lists_exactly_the_registry():
+    """The README's loss table has one row per registry entry, in registry order, with the entry's class."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Losses"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    assert [r[1].strip().strip("`") for r in rows] == available_losses()
+    for r in rows:
+        spec = LOSSES[r[1].strip().strip("`")]
+        overrides = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items())
+        assert r[2].strip() == f"`{spec.cls.__name__}" + (f"({overrides})`" if overrides else "`")
+
+
+def test_one_trainer_per_registry_entry():
+    from nnunet_losses.trainers import LOSS_TRAINERS, TRAINERS
+    assert sorted(LOSS_TRAINERS) == sorted(spec.trainer for spec in LOSSES.values())
+    for name, spec in LOSSES.items():
+        trainer = TRAINERS[f"nnUNetTrainer_{spec.trainer}"]
+        assert trainer.loss_name == name and trainer.paper == spec.paper
+        assert trainer.__module__ == "nnunet_losses.trainers.loss_trainers"
 
 
 def test_get_loss_is_case_insensitive():

@@ -264,7 +264,7 @@ def check_trainer(trainer, key):
     if hasattr(loss, "batch_dice"):
         assert loss.batch_dice == trainer.configuration_manager.batch_dice
     for k, v in cls.effective_loss_kwargs().items():
-        assert getattr(loss, k if k != "gamma" or cls.loss_name != "dscpp" else "gamma_pp") == pytest.approx(v)
+        assert getattr(loss, k) == pytest.approx(v)  # one name per hyper-parameter: argument = attribute
     if issubclass(cls, T.ArchitectureMixin):
         assert isinstance(trainer.network, BaselineNet) and trainer.network.architecture == cls.architecture
         assert not trainer.enable_deep_supervision and loss.deep_supervision_weights is None
@@ -311,7 +311,7 @@ def test_step_user_variant(step_env, ext_trainer_env):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     cls = recursive_find_trainer_class_by_name("nnUNetTrainer_DSCpp_g3p5")
     trainer, _ = one_step(step_env, cls, LABELS3)
-    assert trainer.loss.gamma_pp == 3.5
+    assert trainer.loss.gamma == 3.5
 
 
 class nnUNetTrainer_UNet_SoftDice_finetune(T.FineTuneMixin, T.nnUNetTrainer_UNet_SoftDice):
@@ -341,7 +341,7 @@ def test_step_documented_compositions(step_env, make):
     if cls is nnUNetTrainer_UNet_TverskyB08:
         assert (trainer.loss.alpha, trainer.loss.beta) == (0.3, 0.8)
     if "NoMirroring" in cls.__name__:
-        assert trainer.inference_allowed_mirroring_axes is None and trainer.loss.gamma_pp == 2
+        assert trainer.inference_allowed_mirroring_axes is None and trainer.loss.gamma == 2
 
 
 @pytest.mark.slow

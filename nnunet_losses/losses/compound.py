@@ -1,7 +1,5 @@
-"""Compound losses: nnU-Net's Dice + CE, Combo, Unified Focal, and their ++ forms."""
+"""Compound losses: nnU-Net's Dice + CE, Combo, Unified Focal (their ++ forms are registry entries)."""
 from __future__ import annotations
-
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -9,7 +7,7 @@ from torch import Tensor
 from nnunet_losses import functional as Fn
 from nnunet_losses.segmentation_loss import check_bool, check_range
 from nnunet_losses.batch import PreparedBatch
-from nnunet_losses.losses.overlap import OverlapLoss
+from nnunet_losses.losses.overlap import OverlapLoss, check_exponent
 from nnunet_losses.losses.pixelwise import voxel_focal_nll
 
 _INF = float("inf")
@@ -24,10 +22,8 @@ class DiceCELoss(OverlapLoss):
     (a sum over regions); we average over regions in every case, as its non-ignore branch does.
     """
 
-    def __init__(self, weight_ce: float = 1.0, weight_dice: float = 1.0, batch_dice: bool = False,
-                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+    def __init__(self, *, weight_ce: float = 1.0, weight_dice: float = 1.0, **shared):
+        super().__init__(**shared)
         self.weight_ce = check_range("weight_ce", weight_ce, 0, _INF)
         self.weight_dice = check_range("weight_dice", weight_dice, 0, _INF)
 
@@ -47,13 +43,13 @@ class ComboLoss(OverlapLoss):
     other losses. Defaults alpha = beta = 0.5 (Table 2). ``gamma_pp = 2`` is Combo++.
     """
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma_pp: float = 1.0, batch_dice: bool = False,
-                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+    fp_fn_exponent_arg = "gamma_pp"
+
+    def __init__(self, *, alpha: float = 0.5, beta: float = 0.5, gamma_pp: float = 1.0, **shared):
+        super().__init__(**shared)
         self.alpha = check_range("alpha", alpha, 0, 1)
         self.beta = check_range("beta", beta, 0, 1)
-        self._set_gamma_pp(gamma_pp)
+        self.gamma_pp = check_exponent("gamma_pp", gamma_pp)
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         c0 = batch.first_channel(self.do_bg)
@@ -63,16 +59,6 @@ class ComboLoss(OverlapLoss):
             mce = Fn.binary_focal_nll(batch.log_probs[:, c0:], batch.log_one_minus_probs[:, c0:],
                                       batch.onehot[:, c0:], w_pos=self.beta, w_neg=1 - self.beta)
         return self.alpha * Fn.masked_mean(mce, batch.mask) + (1 - self.alpha) * self.dice_loss(batch)
-
-
-class ComboPPLoss(ComboLoss):
-    """Combo++ (Yeung et al. 2022): Combo with DSC++ (``gamma_pp = 2``) in place of the Dice term."""
-
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma_pp: float = 2.0, batch_dice: bool = False,
-                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(alpha, beta, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based, ignore_label,
-                         deep_supervision_weights)
 
 
 class UnifiedFocalLoss(OverlapLoss):
@@ -96,16 +82,16 @@ class UnifiedFocalLoss(OverlapLoss):
     """
     default_do_bg = True
 
-    def __init__(self, lambda_: float = 0.5, delta: float = 0.6, gamma: float = 0.5, asymmetric: bool = True,
-                 gamma_pp: float = 1.0, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
-                 ddp: bool = False, region_based: bool = False, ignore_label: Optional[int] = None,
-                 deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+    fp_fn_exponent_arg = "gamma_pp"
+
+    def __init__(self, *, lambda_: float = 0.5, delta: float = 0.6, gamma: float = 0.5, asymmetric: bool = True,
+                 gamma_pp: float = 1.0, **shared):
+        super().__init__(**shared)
         self.lambda_ = check_range("lambda_", lambda_, 0, 1)
         self.delta = check_range("delta", delta, 0, 1)
         self.gamma = check_range("gamma", gamma, 0, 1, high_open=True)
         self.asymmetric = check_bool("asymmetric", asymmetric)
-        self._set_gamma_pp(gamma_pp)
+        self.gamma_pp = check_exponent("gamma_pp", gamma_pp)
 
     def focal_term(self, batch: PreparedBatch) -> Tensor:
         fg_gamma = 0.0 if self.asymmetric else self.gamma
@@ -124,14 +110,3 @@ class UnifiedFocalLoss(OverlapLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         return self.lambda_ * self.focal_term(batch) + (1 - self.lambda_) * self.focal_tversky_term(batch)
-
-
-class UnifiedFocalPPLoss(UnifiedFocalLoss):
-    """Unified Focal++ (Yeung et al. 2022): Unified Focal with DSC++'s FP/FN terms (``gamma_pp = 2``)."""
-
-    def __init__(self, lambda_: float = 0.5, delta: float = 0.6, gamma: float = 0.5, asymmetric: bool = True,
-                 gamma_pp: float = 2.0, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
-                 ddp: bool = False, region_based: bool = False, ignore_label: Optional[int] = None,
-                 deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(lambda_, delta, gamma, asymmetric, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based,
-                         ignore_label, deep_supervision_weights)

@@ -1,8 +1,6 @@
 """Lovász losses (Berman et al. 2018): Lovász-softmax for label training, Lovász-hinge for regions."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import torch
 from torch import Tensor
 
@@ -28,10 +26,9 @@ class LovaszLoss(SegmentationLoss):
     and the same on every device and path.
     """
 
-    def __init__(self, batch_dice: bool = False, do_bg: bool = False, only_present: bool = True, ddp: bool = False,
-                 region_based: bool = False, ignore_label: Optional[int] = None,
-                 deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(region_based, ignore_label, deep_supervision_weights)
+    def __init__(self, *, batch_dice: bool = False, do_bg: bool = False, only_present: bool = True,
+                 ddp: bool = False, **shared):
+        super().__init__(**shared)
         self.batch_dice = check_bool("batch_dice", batch_dice)
         self.do_bg = check_bool("do_bg", do_bg)
         self.only_present = check_bool("only_present", only_present)

@@ -4,11 +4,12 @@ Every class here evaluates TP/FP/FN statistics (:func:`~nnunet_losses.functional
 channels selected by ``do_bg`` and reduces them per sample or over the batch (``batch_dice``, all-gathered
 across DDP ranks with ``ddp=True``). The ++ forms (Yeung et al. 2022) compute the FP and FN statistics with the
 DSC++ focal exponent ``gamma_pp`` -- ``(p (1-y))^gamma_pp`` and ``((1-p) y)^gamma_pp`` per voxel -- in place of the
-plain sums; ``gamma_pp = 1`` is the original loss.
+plain sums; ``gamma_pp = 1`` is the original loss. The ++ forms are registry entries (``tversky_pp`` =
+``TverskyLoss`` with ``gamma_pp=2``; see :mod:`nnunet_losses.registry`), not classes of their own.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 from torch import Tensor
 
@@ -28,30 +29,37 @@ class OverlapLoss(SegmentationLoss):
     * ``ddp``: with ``batch_dice``, sum the statistics over all DDP ranks (nnU-Net passes ``self.is_ddp``).
     """
     default_do_bg = False
+    #: the constructor argument holding DSC++'s FP/FN exponent (Eq. 9), or None for the plain sums (exponent 1)
+    fp_fn_exponent_arg: Optional[str] = None
 
-    def __init__(self, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
-                 ddp: bool = False, region_based: bool = False, ignore_label: Optional[int] = None,
-                 deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(region_based, ignore_label, deep_supervision_weights)
+    def __init__(self, *, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
+                 ddp: bool = False, **shared):
+        super().__init__(**shared)
         self.batch_dice = check_bool("batch_dice", batch_dice)
         self.do_bg = check_bool("do_bg", self.default_do_bg if do_bg is None else do_bg)
         self.smooth = check_range("smooth", smooth, 0, _INF)
         self.ddp = check_bool("ddp", ddp)
-        self.gamma_pp = 1.0
+
+    @property
+    def fp_fn_exponent(self) -> float:
+        """DSC++'s exponent of the per-voxel FP and FN terms (1: soft Dice/Tversky statistics)."""
+        return 1.0 if self.fp_fn_exponent_arg is None else getattr(self, self.fp_fn_exponent_arg)
 
     def stats(self, batch: PreparedBatch) -> Tuple[Tensor, Tensor, Tensor]:
         """Reduced (TP, FP, FN) of the selected channels, shape ``(K,)`` (batch dice) or ``(B, K)``."""
         c0 = batch.first_channel(self.do_bg)
-        stats = Fn.overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask, self.gamma_pp,
+        stats = Fn.overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask, self.fp_fn_exponent,
                                  hard=batch.hard)
         return Fn.reduce_stats(stats, self.batch_dice, self.ddp)
 
     def dice_loss(self, batch: PreparedBatch) -> Tensor:
-        """``1 - mean`` soft Dice (or DSC++ when ``gamma_pp != 1``) over samples/channels."""
+        """``1 - mean`` soft Dice (or DSC++ when the FP/FN exponent is not 1) over samples/channels."""
         return 1 - Fn.dice_score(*self.stats(batch), self.smooth).mean()
 
-    def _set_gamma_pp(self, gamma_pp: float, name: str = "gamma_pp"):
-        self.gamma_pp = check_range(name, gamma_pp, 0, _INF, low_open=True)
+
+def check_exponent(name: str, value) -> float:
+    """A positive finite exponent (DSC++'s gamma, Focal Tversky's gamma)."""
+    return check_range(name, value, 0, _INF, low_open=True)
 
 
 class SoftDiceLoss(OverlapLoss):
@@ -73,11 +81,11 @@ class DSCppLoss(OverlapLoss):
     authors' clamping of ``p`` and ``y``, so values are unbiased and gradients finite.
     """
 
-    def __init__(self, gamma: float = 2.0, batch_dice: bool = False, do_bg: Optional[bool] = None,
-                 smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
-        self._set_gamma_pp(gamma, "gamma")
+    fp_fn_exponent_arg = "gamma"
+
+    def __init__(self, *, gamma: float = 2.0, **shared):
+        super().__init__(**shared)
+        self.gamma = check_exponent("gamma", gamma)
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         return self.dice_loss(batch)
@@ -100,15 +108,15 @@ class TverskyLoss(OverlapLoss):
     average, so values lie in [0, 1] like every overlap loss here (gradients differ by the constant C).
     """
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma_pp: float = 1.0, batch_dice: bool = False,
-                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(batch_dice, do_bg, smooth, ddp, region_based, ignore_label, deep_supervision_weights)
+    fp_fn_exponent_arg = "gamma_pp"
+
+    def __init__(self, *, alpha: float = 0.3, beta: float = 0.7, gamma_pp: float = 1.0, **shared):
+        super().__init__(**shared)
         self.alpha = check_range("alpha", alpha, 0, _INF)
         self.beta = check_range("beta", beta, 0, _INF)
         if self.alpha == 0 and self.beta == 0:
             raise ValueError("alpha and beta cannot both be 0 (the Tversky index would ignore all errors)")
-        self._set_gamma_pp(gamma_pp)
+        self.gamma_pp = check_exponent("gamma_pp", gamma_pp)
 
     def tversky_index(self, batch: PreparedBatch) -> Tensor:
         return Fn.tversky_index(*self.stats(batch), self.alpha, self.beta, self.smooth)
@@ -125,34 +133,9 @@ class FocalTverskyLoss(TverskyLoss):
     below 1e-8 (:func:`~nnunet_losses.functional.safe_pow`).
     """
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 4 / 3, gamma_pp: float = 1.0,
-                 batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False,
-                 region_based: bool = False, ignore_label: Optional[int] = None,
-                 deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(alpha, beta, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based, ignore_label,
-                         deep_supervision_weights)
-        self.gamma = check_range("gamma", gamma, 0, _INF, low_open=True)
+    def __init__(self, *, gamma: float = 4 / 3, **tversky):
+        super().__init__(**tversky)
+        self.gamma = check_exponent("gamma", gamma)
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         return Fn.focal_tversky_term(self.tversky_index(batch), self.gamma).mean()
-
-
-class TverskyPPLoss(TverskyLoss):
-    """Tversky++ (Yeung et al. 2022, Sect. 2.6): Tversky with DSC++'s FP/FN terms, ``gamma_pp = 2``."""
-
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma_pp: float = 2.0, batch_dice: bool = False,
-                 do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(alpha, beta, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based, ignore_label,
-                         deep_supervision_weights)
-
-
-class FocalTverskyPPLoss(FocalTverskyLoss):
-    """Focal Tversky++ (Yeung et al. 2022): Focal Tversky with DSC++'s FP/FN terms, ``gamma_pp = 2``."""
-
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 4 / 3, gamma_pp: float = 2.0,
-                 batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5, ddp: bool = False,
-                 region_based: bool = False, ignore_label: Optional[int] = None,
-                 deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(alpha, beta, gamma, gamma_pp, batch_dice, do_bg, smooth, ddp, region_based, ignore_label,
-                         deep_supervision_weights)

@@ -65,14 +65,13 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
     the foreground frequency of each region. nnU-Net's trainer computes them from the training labels.
     """
 
-    def __init__(self, class_priors: Sequence[float], region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(region_based, ignore_label, deep_supervision_weights)
+    def __init__(self, *, class_priors: Sequence[float], **shared):
+        super().__init__(**shared)
         if class_priors is None:
             raise ValueError("wce needs class_priors: the frequency of each class (labels, background first) or of "
                              "each region's foreground (regions)")
         self.class_priors = tuple(float(p) for p in class_priors)
-        weights, neg_weights = Fn.class_weights_from_priors(self.class_priors, region_based)
+        weights, neg_weights = Fn.class_weights_from_priors(self.class_priors, self.region_based)
         self.register_buffer("weights", weights.float(), persistent=False)
         self.register_buffer("neg_weights", None if neg_weights is None else neg_weights.float(), persistent=False)
 
@@ -100,9 +99,8 @@ class FocalLoss(SegmentationLoss):
     alpha = None (the paper says gamma = 1, a typo).
     """
 
-    def __init__(self, alpha: Optional[float] = 0.5, gamma: float = 2.0, region_based: bool = False,
-                 ignore_label: Optional[int] = None, deep_supervision_weights: Optional[Sequence[float]] = None):
-        super().__init__(region_based, ignore_label, deep_supervision_weights)
+    def __init__(self, *, alpha: Optional[float] = 0.5, gamma: float = 2.0, **shared):
+        super().__init__(**shared)
         self.alpha = None if alpha is None else check_range("alpha", alpha, 0, 1)
         self.gamma = check_range("gamma", gamma, 0, float("inf"))
 
