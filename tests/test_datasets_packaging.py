@@ -5,7 +5,6 @@ would be, so packaging them against the download must give back the download's o
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 
 import dataset_replicas as R
 from nnunet_losses.datasets import convert, package
-from nnunet_losses.datasets import cli as datasets_cli
 from nnunet_losses.datasets.packaging import PackagingError
 
 
@@ -126,15 +124,13 @@ def test_isic_round_trip_and_size_check(tmp_path, nnunet_dirs):
 
 # ---- command line ---------------------------------------------------------------------------------------------------
 def run(argv) -> int:
-    parser = argparse.ArgumentParser(prog="nnunet-losses")
-    datasets_cli.add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    from nnunet_losses.cli import main
+    return main(argv)
 
 
 def test_cli_is_registered():
     from nnunet_losses.cli import SUBCOMMAND_MODULES
-    assert "nnunet_losses.datasets.cli" in SUBCOMMAND_MODULES
+    assert SUBCOMMAND_MODULES["nnunet_losses.cli.datasets"] == ("convert", "package")
 
 
 def test_cli_convert_and_package(tmp_path, nnunet_dirs, capsys):

@@ -321,11 +321,11 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(nnunet_env, tmp_path):
 
     msg = fails(r"probabilities missing.*--val --npz")
     assert str(npz[0]) in msg and f"nnUNetv2_train {nnunet_env.datasets[('labels', 3)][2]} 3d_fullres 0 -tr {TINY}" in msg
-    # the command line: status 2, the message on stderr
+    # the command line: status 1 (bad input), the message on stderr
     import io, contextlib
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        assert main(["evaluate", "-i", str(folder), "-o", str(out), "-q"]) == 2
+        assert main(["evaluate", "-i", str(folder), "-o", str(out), "-q"]) == 1
     assert "nnunet-losses evaluate: error:" in err.getvalue() and npz[0].name in err.getvalue()
     shutil.move(keep, npz[0])
     p = np.load(npz[1])["probabilities"]

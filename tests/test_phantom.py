@@ -1,5 +1,4 @@
 """nnunet_losses.research.phantom: nnU-Net raw datasets whose expected reference volumes are known exactly."""
-import argparse
 import json
 
 import numpy as np
@@ -124,14 +123,12 @@ def test_refuses_to_overwrite_and_bad_settings(tmp_path, capsys):
         write_phantom_dataset(tmp_path, 327, n_cases=1, shape=(32, 32), radius_range=(1.0, 1.0), n_subregions=64,
                               mu=0.25)
     assert sorted(q.name for q in tmp_path.iterdir()) == ["Dataset325_PhantomRegions2D"]  # nothing half-written
-    from nnunet_losses.research.phantom import add_subcommands
-    parser = argparse.ArgumentParser()
-    add_subcommands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["phantom", "-d", "325", "--raw", str(tmp_path), "--n-cases", "1"])
-    assert args.func(args) == 1 and "already" in capsys.readouterr().out
-    args = parser.parse_args(["phantom", "-d", "328", "--raw", str(tmp_path), "--n-cases", "2", "-p", "0.2",
-                              "-N", "4", "--mu", "1", "--shape", "40", "40", "--radius", "4", "5"])
-    assert args.func(args) == 0 and "flip at p = 0.4358" in capsys.readouterr().out
+    from nnunet_losses.cli import main
+    assert main(["phantom", "-d", "325", "--raw", tmp_path, "--n_cases", "1"]) == 1
+    assert "nnunet-losses phantom: error: " in capsys.readouterr().err
+    assert main(["phantom", "-d", "328", "--raw", tmp_path, "--n_cases", "2", "-p", "0.2", "-N", "4", "--mu", "1",
+                 "--shape", "40", "40", "--radius", "4", "5"]) == 0
+    assert "flip at p = 0.4358" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -1,5 +1,4 @@
 """nnunet_losses.research.theory: seed 001 Sect. 2.2 / Fig. 1, exact expectations vs closed forms, limits and Monte Carlo."""
-import argparse
 
 import numpy as np
 import pytest
@@ -166,9 +165,7 @@ def test_exact_expectation_agrees_with_monte_carlo(n, mu, p, p_hat):
 def test_figure_and_cli(tmp_path, capsys):
     out = T.plot_figure1(tmp_path / "fig.png", n_values=(1, 4), mu_values=(1.0, 4.0), n_p=21, dpi=40)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size < 300_000
-    parser = argparse.ArgumentParser()
-    T.add_subcommands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["theory", "-N", "1", "4", "--mu", "1"])
-    assert args.func(args) == 0
+    from nnunet_losses.cli import main
+    assert main(["theory", "-N", "1", "4", "--mu", "1"]) == 0
     text = capsys.readouterr().out
     assert "0.500000" in text and "0.435795" in text

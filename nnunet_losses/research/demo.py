@@ -1,4 +1,5 @@
-"""``nnunet-losses demo``: seed 001's central result, from exact theory to a real nnU-Net experiment.
+"""``nnunet-losses demo``: the central result of Bertels et al. 2020 (*Optimization with soft Dice can lead to a
+volumetric bias*), from exact theory to a real nnU-Net experiment.
 
 For each inherent uncertainty p (default 0.2 and 0.8) the demo
 
@@ -8,11 +9,11 @@ For each inherent uncertainty p (default 0.2 and 0.8) the demo
    ``nnUNetTrainer_CEonly`` and ``nnUNetTrainer_SoftDice`` (short schedule through the ``NNUNET_LOSSES_*``
    variables), which writes the fold's validation probabilities;
 3. evaluates both trainers on nnU-Net's validation output (:mod:`nnunet_losses.evaluation`) and compares them
-   (bootstrap + Wilcoxon, as in seed 001's Table 1);
+   (bootstrap + Wilcoxon, as in the paper's Table 1);
 4. prints the table -- CE (NLL), 1 - soft Dice, soft volume error dV = V(pred) - V(ref) with its significance --
    next to the theory's prediction for the same phantom, and saves a plot.
 
-The theory (seed 001 Sect. 2.2, :mod:`nnunet_losses.research.theory`): the soft-Dice-optimal prediction in the uncertain
+The theory (the paper's Sect. 2.2, :mod:`nnunet_losses.research.theory`): the soft-Dice-optimal prediction in the uncertain
 sectors is 0 below the flip threshold (~0.44 for N = 4, mu = 1) and 1 above it, so soft Dice *under*-estimates
 the volume at p = 0.2 and *over*-estimates it at p = 0.8, by about 0.2 x the uncertain volume; cross-entropy's
 optimum is p itself, so its expected (soft) volume is unbiased. Volumes are soft (sum of probabilities x voxel
@@ -21,7 +22,6 @@ effect and is reported too.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from nnunet_losses.research import PAPER_SHORT
 
 DEFAULT_TRAINERS = ("nnUNetTrainer_CEonly", "nnUNetTrainer_SoftDice")
 
@@ -159,7 +161,7 @@ def verdict(results: dict) -> List[str]:
 
 
 def format_table(results: dict) -> str:
-    """Seed-001-style table: per p and trainer, NLL (CE), 1 - soft Dice, dV (soft and hard) with significance,
+    """The paper's Table-1-style table: per p and trainer, NLL (CE), 1 - soft Dice, dV (soft and hard) with significance,
     next to the theory's dV for the same cases (soft Dice: its optimal p_hat; CE: 0)."""
     lines = ["| p | trainer | CE (NLL) | 1 - SD | dV soft (95% CI) | p (Holm) | bias | dV hard | theory dV |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -194,44 +196,9 @@ def plot_demo(results: dict, path: Path) -> Path:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(exps)), [f"p = {e['p']}" for e in exps])
     ax.set_ylabel("soft volume error dV = V(pred) - V(ref) [ml]")
-    ax.set_title("Volume bias on phantoms with inherent uncertainty (seed 001)")
+    ax.set_title(f"Volume bias on phantoms with inherent uncertainty ({PAPER_SHORT})")
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    results = run_demo(args.workdir, p_values=args.p, n_subregions=args.N, mu=args.mu, n_cases=args.n_cases,
-                       shape=args.shape, trainers=args.trainers, epochs=args.epochs, iterations=args.iterations,
-                       fold=args.fold, device=args.device, n_boot=args.n_boot)
-    print()
-    print(format_table(results))
-    print()
-    for line in verdict(results):
-        print(line)
-    print(f"\nplot: {results['plot']}\nresults: {Path(args.workdir).resolve() / 'demo_results.json'}\n"
-          f"wall time: {results['wall_time_s'] / 60:.1f} min")
-    return 0
-
-
-def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help="reproduce seed 001's volume bias (soft Dice vs CE) on phantoms with real nnU-Net runs",
-        description=__doc__.split("\n\n")[0] + " Defaults run on a CPU in minutes; for the full-length experiment "
-        "on a GPU use e.g. --device cuda --epochs 100 --iterations 250 --n-cases 200 --shape 96 96.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workdir", default="nnunet_losses_demo", help="new folder for all data, models and results")
-    p.add_argument("-p", nargs="+", type=float, default=[0.2, 0.8], help="inherent uncertainties to run")
-    p.add_argument("-N", type=int, default=4, help="number of uncertain sub-regions")
-    p.add_argument("--mu", type=float, default=1.0, help="uncertain volume relative to the certain core")
-    p.add_argument("--n-cases", type=int, default=50, help="phantom cases per dataset (fold 0 validates 1/5)")
-    p.add_argument("--shape", type=int, nargs=2, default=[48, 48], help="image size")
-    p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS), help="trainers to compare")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per training (NNUNET_LOSSES_EPOCHS)")
-    p.add_argument("--iterations", type=int, default=25, help="iterations per epoch (NNUNET_LOSSES_ITERATIONS)")
-    p.add_argument("--fold", type=int, default=0, help="cross-validation fold to train and validate")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="nnUNetv2_train -device")
-    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples for the significance tests")
-    p.set_defaults(func=_cmd_demo)

@@ -1,6 +1,6 @@
 r"""Phantom nnU-Net raw datasets with *known* inherent uncertainty: the expected reference volume of every case is exact.
 
-Seed 001's Sect. 2.2 situation, made into images (see :mod:`nnunet_losses.research.theory` and ``docs/theory.md``):
+The Sect. 2.2 situation of Bertels et al. 2020 (*Optimization with soft Dice can lead to a volumetric bias*), made into images (see :mod:`nnunet_losses.research.theory` and ``docs/theory.md``):
 
 * a certain **core** (γ; label 1 in every draw): a disc (2D) or ball (3D) of radius ``r`` drawn per case from
   ``radius_range`` (mm, for scale studies);
@@ -11,7 +11,7 @@ Seed 001's Sect. 2.2 situation, made into images (see :mod:`nnunet_losses.resear
 
 The image shows where the regions are but not whether a sector was drawn in: core at intensity 1, every ring sector
 at the same ``uncertain_intensity`` (0.5) whether drawn in or not, background 0, plus Gaussian noise (sd ``noise``).
-The best any model can do for a ring voxel is therefore p (CE) -- or, by seed 001's theory, 0 or 1 for soft Dice.
+The best any model can do for a ring voxel is therefore p (CE) -- or, by the paper's theory, 0 or 1 for soft Dice.
 
 ``variant="voxel"``: each voxel is its own independent region. The probability map is the Gaussian-blurred
 (``blur`` mm) map core = 1, ring = p, background = 0; every voxel's label is drawn independently from it, and the
@@ -32,13 +32,13 @@ existing dataset folder or to reuse a dataset id that another folder in ``raw_ro
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from nnunet_losses.research import PAPER
 
 VARIANTS = ("regions", "voxel")
 SIDECAR = "phantom.json"
@@ -180,7 +180,7 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
     theory = None
     if variant == "regions" and mu > 0:
         from nnunet_losses.research.theory import flip_threshold, optimal_p_hat_soft_dice
-        theory = {"note": "seed 001 Sect. 2.2 with alpha = background, gamma = core, beta = ring; image-wise soft Dice "
+        theory = {"note": f"{PAPER} Sect. 2.2 with alpha = background, gamma = core, beta = ring; image-wise soft Dice "
                           "with one p_hat for all ring voxels (nnU-Net's batch Dice over patches is not this)",
                   "flip_threshold": flip_threshold(int(n_subregions), float(mu), tol=1e-8),
                   "sd_optimal_p_hat": float(optimal_p_hat_soft_dice(p, int(n_subregions), mu)),
@@ -230,60 +230,3 @@ def load_sidecar(dataset_folder) -> dict:
     for rec in data["cases"].values():
         rec["probability_map"] = str(folder / rec["probability_map"])
     return data
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-def _cmd_phantom(args: argparse.Namespace) -> int:
-    raw = args.raw or os.environ.get("nnUNet_raw")
-    if not raw:
-        print("error: give --raw or set nnUNet_raw")
-        return 2
-    try:
-        out = write_phantom_dataset(raw, args.d, name=args.name, dim=args.dim, variant=args.variant, p=args.p,
-                                    n_subregions=args.N, mu=args.mu, n_cases=args.n_cases, shape=args.shape,
-                                    spacing=args.spacing, radius_range=args.radius, noise=args.noise,
-                                    blur=args.blur, seed=args.seed)
-    except (FileExistsError, ValueError) as e:
-        print(f"error: {e}")
-        return 1
-    meta = json.loads((out / SIDECAR).read_text())
-    exp = [c["expected_volume_ml"] for c in meta["cases"].values()]
-    ref = [c["reference_volume_ml"] for c in meta["cases"].values()]
-    print(f"wrote {out}: {len(exp)} cases, mean expected volume {np.mean(exp):.4f} ml, "
-          f"mean drawn reference volume {np.mean(ref):.4f} ml")
-    if meta["theory"]:
-        print(f"theory (seed 001): soft-Dice flip at p = {meta['theory']['flip_threshold']:.4f}; "
-              f"SD-optimal p_hat = {meta['theory']['sd_optimal_p_hat']:.3g}, CE-optimal p_hat = {args.p:g}")
-    print(f"next: nnUNetv2_plan_and_preprocess -d {args.d} -c {'2d' if args.dim == 2 else '3d_fullres'} "
-          f"--verify_dataset_integrity")
-    return 0
-
-
-def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "phantom", help="write an nnU-Net raw dataset whose expected reference volumes are known exactly",
-        description="Write Dataset{ID}_{NAME} into $nnUNet_raw (or --raw): images of a certain core, a ring of N "
-                    "uncertain sub-regions (each drawn into the reference with probability p, independently per "
-                    "case; all shown at the same intensity) and background, plus a sidecar phantom.json with every "
-                    "case's expected and drawn volume and its probability map. Never overwrites a dataset.",
-    )
-    p.add_argument("-d", type=int, required=True, help="dataset id (1-999), required")
-    p.add_argument("--name", default=None, help="dataset name [Phantom{Variant}{dim}D]")
-    p.add_argument("--raw", default=None, help="nnU-Net raw folder [$nnUNet_raw]")
-    p.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2D (single-slice, default) or 3D images")
-    p.add_argument("--variant", choices=VARIANTS, default="regions",
-                   help="'regions' (default): N independent ring sectors; 'voxel': every voxel drawn from a blurred map")
-    p.add_argument("-p", type=float, default=0.5, help="probability that an uncertain sub-region is structure [0.5]")
-    p.add_argument("-N", type=int, default=4, help="number of independent uncertain sub-regions [4]")
-    p.add_argument("--mu", type=float, default=1.0, help="uncertain volume / certain core volume [1]")
-    p.add_argument("--n-cases", type=int, default=20, help="number of training cases [20]")
-    p.add_argument("--shape", type=int, nargs="+", default=None, help="image size: H W (2D) or Z Y X (3D) "
-                   "[64 64 / 32 32 32]")
-    p.add_argument("--spacing", type=float, nargs="+", default=None,
-                   help="voxel spacing in mm, array order: Y X or Z Y X (2D: Z is the slice thickness) [1 1 1]")
-    p.add_argument("--radius", type=float, nargs=2, default=(6.0, 10.0), metavar=("MIN", "MAX"),
-                   help="core radius range in mm, uniform per case [6 10]")
-    p.add_argument("--noise", type=float, default=0.1, help="sd of the Gaussian image noise [0.1]")
-    p.add_argument("--blur", type=float, default=1.5, help="voxel variant: sd (mm) of the probability map's blur [1.5]")
-    p.add_argument("--seed", type=int, default=0, help="random seed [0]")
-    p.set_defaults(func=_cmd_phantom)

@@ -1,4 +1,4 @@
-r"""Seed 001, Sect. 2.2 and Fig. 1, computed exactly: which prediction minimises the expected soft Dice / CE?
+r"""Bertels et al. 2020, Sect. 2.2 and Fig. 1, computed exactly: which prediction minimises the expected soft Dice / CE?
 
 Bertels, Robben et al., *Optimization with soft Dice can lead to a volumetric bias* (2020), Sect. 2.2.
 
@@ -75,11 +75,12 @@ to ~1e-12 (for a unimodal function within the bracket).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from nnunet_losses.research import PAPER_SHORT
 
 S_ALPHA = 100.0  #: volume of the certain background α (only matters for CE with reduction="mean")
 S_GAMMA = 1.0  #: volume of the certain structure γ; μ = s_β / s_γ
@@ -328,7 +329,7 @@ def _draw_schematic(ax, n: int):
 
 def plot_figure1(path, n_values: Sequence[int] = FIG1_N, mu_values: Sequence[float] = FIG1_MU,
                  p_values: Sequence[float] = FIG1_P, n_p: int = 201, dpi: int = 80) -> Path:
-    """Draw Fig. 1 of seed 001 to a PNG at ``path`` (matplotlib, Agg) and return the path.
+    """Draw Fig. 1 of Bertels et al. 2020 to a PNG at ``path`` (matplotlib, Agg) and return the path.
 
     Rows: N = 1, 4, 16 (A–C). Column 0: schematic (α background, γ certain core, β ring of N sub-regions).
     Columns 1–3: exact E[SD] (y) against p̂ (x) for μ = 0.25, 1, 4 (one column each, colours blue/black/red),
@@ -380,42 +381,10 @@ def plot_figure1(path, n_values: Sequence[int] = FIG1_N, mu_values: Sequence[flo
         ax.set_xlabel("p", fontsize=8), ax.tick_params(labelsize=7)
         if r == 0:
             ax.legend(fontsize=6, loc="upper left", frameon=False)
-    fig.suptitle("Seed 001 Fig. 1, exact: soft-Dice-optimal p̂ and its volume bias (CE: p̂ = p, ΔV = 0)", fontsize=10)
+    fig.suptitle(f"{PAPER_SHORT}, Fig. 1, exact: soft-Dice-optimal p̂ and its volume bias (CE: p̂ = p, ΔV = 0)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format="png")  # without format, a path lacking ".png" gets it appended
     plt.close(fig)
     return path
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-def _cmd_theory(args: argparse.Namespace) -> int:
-    n_values = tuple(args.n)
-    mu_values = tuple(args.mu)
-    print("Seed 001 Sect. 2.2, exact expectations (alpha: 100, p=0; beta: mu in N sub-regions, p; gamma: 1, p=1)")
-    print(f"{'N':>4s} {'mu':>6s} {'flip p':>10s} {'max|dV_SD|':>11s} {'max|p^-p|':>10s}  SD optimum in {{0,1}}")
-    for row in summary_table(n_values, mu_values):
-        print(f"{row['N']:>4d} {row['mu']:>6g} {row['flip']:>10.6f} {row['max_abs_bias']:>11.4f} "
-              f"{row['max_abs_uncertainty_error']:>10.4f}  {row['binary_optimum']}")
-    for mu in mu_values:
-        print(f"N -> inf, mu = {mu:g}: flip -> (sqrt(1+mu)-1)/mu = {flip_threshold_limit(mu):.6f}")
-    print("CE: optimal p_hat = p for every N and mu (volume bias 0)")
-    if args.output:
-        out = plot_figure1(args.output, n_values=n_values, mu_values=mu_values, dpi=args.dpi)
-        print(f"figure written to {out}")
-    return 0
-
-
-def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "theory", help="exact soft Dice vs CE volume-bias theory of seed 001 (Sect. 2.2): table and Fig. 1",
-        description="Prints, for every N (sub-regions) and mu (uncertain/certain volume ratio), the p at which the "
-                    "soft-Dice-optimal prediction flips from 0 to 1 and the largest volume bias, all computed as "
-                    "exact expectations; optionally draws seed 001's Fig. 1 to a PNG.",
-    )
-    p.add_argument("-o", "--output", default=None, help="write Fig. 1 to this PNG (e.g. docs/figures/theory_fig1.png); default: no figure")
-    p.add_argument("-N", "--n", type=int, nargs="+", default=list(FIG1_N), help="numbers of sub-regions (rows) [1 4 16]")
-    p.add_argument("--mu", type=float, nargs="+", default=list(FIG1_MU), help="volume ratios mu (columns/colours) [0.25 1 4]")
-    p.add_argument("--dpi", type=int, default=80, help="PNG resolution [80]")
-    p.set_defaults(func=_cmd_theory)

@@ -1,4 +1,4 @@
-"""Subcommands ``nnunet-losses evaluate``, ``compare`` and ``threshold`` (registered in nnunet_losses/cli.py).
+"""Subcommands ``nnunet-losses evaluate``, ``compare`` and ``threshold`` (:mod:`nnunet_losses.evaluation`).
 
 Why three: ``evaluate`` is the expensive pass over every probability file of one model; ``compare`` only reads
 the per-case tables of two or more evaluations (re-run it with other models or settings in seconds);
@@ -7,8 +7,9 @@ the per-case tables of two or more evaluations (re-run it with other models or s
 from __future__ import annotations
 
 import argparse
-import sys
 
+from nnunet_losses.cli.errors import UsageError
+from nnunet_losses.cli.options import COUNT, OPEN_UNIT, PROBABILITY, SEED
 from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED
 
@@ -36,7 +37,7 @@ def _add_input_args(p: argparse.ArgumentParser, references: bool) -> None:
 
 def _inputs(args) -> list:
     if args.i and args.d:
-        raise SystemExit("give either -i or -d/-c, not both")
+        raise UsageError("give either -i or -d/-c, not both")
     if args.i:
         return args.i
     if args.d and args.c:
@@ -47,21 +48,12 @@ def _inputs(args) -> list:
             from nnunet_losses.evaluation.errors import EvaluationError
             raise EvaluationError(f"cannot locate dataset {args.d} in nnUNet_results/nnUNet_raw/nnUNet_preprocessed "
                                   f"({e})") from None
-    raise SystemExit("an input is required: -i FOLDER, or -d DATASET -c CONFIGURATION [-tr TRAINER] [-p PLANS]")
+    raise UsageError("an input is required: -i FOLDER, or -d DATASET -c CONFIGURATION [-tr TRAINER] [-p PLANS]")
 
 
-def _run(func, args, prog: str) -> int:
+def _user_errors() -> tuple:
     from nnunet_losses.evaluation.errors import EvaluationError
-    try:
-        return func(args)
-    except EvaluationError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            print(f"{prog}: error: {e.code}", file=sys.stderr)
-            return 2
-        raise
+    return (EvaluationError,)
 
 
 def _fmt(v) -> str:
@@ -125,11 +117,11 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("-o", required=True, metavar="FOLDER",
                    help="output folder (not inside nnU-Net's folders; created; existing files only replaced with "
                         "--overwrite)")
-    p.add_argument("-np", type=int, default=1, metavar="N", help="worker processes (cases in parallel). Default: 1")
-    p.add_argument("--bins", type=int, default=DEFAULT_BINS, help="equal-width calibration bins (ECE, reliability). Default: 15")
-    p.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
+    p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes (cases in parallel). Default: 1")
+    p.add_argument("--bins", type=COUNT, default=DEFAULT_BINS, help="equal-width calibration bins (ECE, reliability). Default: 15")
+    p.add_argument("--thresholds", type=PROBABILITY, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
                    help="thresholds of the sweep (p > T). Default: 0.05 0.10 ... 0.95")
-    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="NLL clips probabilities at eps: -log(max(p, eps)). Default: float32 machine epsilon "
+    p.add_argument("--eps", type=OPEN_UNIT, default=DEFAULT_EPS, help="NLL clips probabilities at eps: -log(max(p, eps)). Default: float32 machine epsilon "
                         "(1.19e-7, as scikit-learn's log_loss for float32)")
     p.add_argument("--name", help="model name in outputs and comparisons. Default: the trainer/prediction folder name")
     p.add_argument("--chill", action="store_true",
@@ -137,7 +129,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=lambda a: _run(_cmd_evaluate, a, "nnunet-losses evaluate"))
+    p.set_defaults(func=_cmd_evaluate, user_errors=_user_errors())
 
     # ---------------------------------------------------------------------------------------------- compare
     p = subparsers.add_parser(
@@ -153,14 +145,14 @@ def add_subcommands(subparsers) -> None:
                    help="evaluation output folders (or their summary.json), two or more")
     p.add_argument("-o", required=True, metavar="FOLDER", help="output folder")
     p.add_argument("--names", nargs="+", help="model names, one per input. Default: the names stored by evaluate")
-    p.add_argument("--n_boot", type=int, default=DEFAULT_N_BOOT, help="bootstrap resamples. Default: 10000")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed. Default: 0")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (after Holm). Default: 0.05")
+    p.add_argument("--n_boot", type=COUNT, default=DEFAULT_N_BOOT, help="bootstrap resamples. Default: 10000")
+    p.add_argument("--seed", type=SEED, default=DEFAULT_SEED, help="bootstrap seed. Default: 0")
+    p.add_argument("--alpha", type=OPEN_UNIT, default=0.05, help="significance level (after Holm). Default: 0.05")
     p.add_argument("--common_cases", action="store_true",
                    help="compare on the cases common to all evaluations instead of refusing different case sets")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plot")
-    p.set_defaults(func=lambda a: _run(_cmd_compare, a, "nnunet-losses compare"))
+    p.set_defaults(func=_cmd_compare, user_errors=_user_errors())
 
     # ---------------------------------------------------------------------------------------------- threshold
     p = subparsers.add_parser(
@@ -173,12 +165,12 @@ def add_subcommands(subparsers) -> None:
     _add_input_args(p, references=False)
     p.add_argument("-o", required=True, metavar="FOLDER", help="output folder (not inside nnU-Net's folders)")
     rule = p.add_mutually_exclusive_group(required=True)
-    rule.add_argument("-t", type=float, nargs="+", metavar="T",
+    rule.add_argument("-t", type=PROBABILITY, nargs="+", metavar="T",
                       help="one threshold for all classes, or one per class in dataset.json order (p > T)")
     rule.add_argument("--best_from", metavar="EVALUATION",
                       help="use the best threshold per class of this evaluation's sweep (folder or summary.json)")
     rule.add_argument("--nnunet", action="store_true", help="nnU-Net's own rule (argmax / p > 0.5 for regions)")
-    p.add_argument("-np", type=int, default=1, metavar="N", help="worker processes. Default: 1")
+    p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes. Default: 1")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=lambda a: _run(_cmd_threshold, a, "nnunet-losses threshold"))
+    p.set_defaults(func=_cmd_threshold, user_errors=_user_errors())

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
+from nnunet_losses.cli.options import COUNT, DATASET_ID, add_option
 from nnunet_losses.datasets import DATASETS, converter_class
 
 CHALLENGES = ("brats2018", "kits19", "isic2018")
@@ -21,9 +21,13 @@ def _datasets_epilog() -> str:
     return "\n".join(lines)
 
 
+#: a used dataset id (``DatasetIDError``) and nnU-Net's verify_dataset_integrity's verdict on a broken download
+#: (``AssertionError``, ``RuntimeError``): the source data, not our code, is at fault
+CONVERT_ERRORS = (RuntimeError, AssertionError)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from nnunet_losses.datasets import convert
-    from nnunet_losses.datasets.converter import DatasetIDError, LayoutError, SourceDataError
     options = {}
     if args.perfusion is not None:
         options["perfusion"] = args.perfusion
@@ -31,23 +35,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         options["modalities"] = [m for m in args.modalities.split(",") if m]
     if args.exclude_flawed:
         options["exclude_flawed"] = True
-    try:
-        out = convert(args.dataset, args.source, dataset_id=args.id, binary=args.binary, name=args.name,
-                      exclude=args.exclude, num_processes=args.num_processes, verify=not args.no_verify, **options)
-    except (LayoutError, DatasetIDError, SourceDataError, ValueError, RuntimeError, AssertionError) as e:
-        print(f"nnunet-losses convert: error: {e}", file=sys.stderr)
-        return 1
+    out = convert(args.dataset, args.source, dataset_id=args.d, binary=args.binary, name=args.name,
+                  exclude=args.exclude, num_processes=args.np, verify=not args.no_verify, **options)
     print(out)
     return 0
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
-    from nnunet_losses.datasets.packaging import PackagingError, package
-    try:
-        written = package(args.challenge, args.predictions, args.output, args.reference, variant=args.variant)
-    except (PackagingError, ValueError, KeyError) as e:
-        print(f"nnunet-losses package: error: {e}", file=sys.stderr)
-        return 1
+    from nnunet_losses.datasets.packaging import package
+    written = package(args.challenge, args.predictions, args.output, args.ref, variant=args.variant)
     print(f"wrote {len(written)} file(s) to {args.output}")
     return 0
 
@@ -55,33 +51,34 @@ def _cmd_package(args: argparse.Namespace) -> int:
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="convert a public dataset, as downloaded, into an nnU-Net raw dataset",
-        description="Convert a seed paper's public dataset, as downloaded from its official source, into "
-                    "$nnUNet_raw/DatasetXXX_Name (dataset.json by nnU-Net's generate_dataset_json, checked by "
+        description="Convert a public dataset of the three loss papers (volume bias, Dice/Jaccard, DSC++), as "
+                    "downloaded from its official source, into $nnUNet_raw/DatasetXXX_Name (dataset.json by nnU-Net's generate_dataset_json, checked by "
                     "nnU-Net's verify_dataset_integrity). The download is only read.",
         epilog=_datasets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", metavar="DATASET", choices=list(DATASETS), help="one of: " + ", ".join(DATASETS))
     p.add_argument("source", metavar="SOURCE", help="the extracted download (see docs/datasets.md)")
-    p.add_argument("--id", type=int, default=None,
-                   help="nnU-Net dataset ID (refused if used in nnUNet_raw/preprocessed/results); "
-                        "default: the first free ID from the task's preferred one")
+    add_option(p, "-d", old=("--id",), type=DATASET_ID, default=None, metavar="ID",
+               help="nnU-Net dataset ID (refused if used in nnUNet_raw/preprocessed/results); "
+                    "default: the first free ID from the task's preferred one")
     p.add_argument("--binary", nargs="?", const=True, default=None, metavar="TASK",
                    help="a binary task instead of the default one (BraTS: wt [default], tc, et; "
                         "KiTS19: kidney [default], tumour); the other datasets are binary already")
     p.add_argument("--name", default=None, help="dataset name (default e.g. BraTS2018WT)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="CASE", help="case IDs to leave out")
-    p.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
-                   help="worker processes for conversion and the integrity check (default: %(default)s)")
-    p.add_argument("--no-verify", action="store_true", help="skip nnU-Net's verify_dataset_integrity")
+    add_option(p, "-np", old=("--num-processes", "--num_processes"), type=COUNT, default=min(4, os.cpu_count() or 1),
+               metavar="N", help="worker processes for conversion and the integrity check (default: %(default)s)")
+    add_option(p, "--no_verify", old=("--no-verify",), action="store_true",
+               help="skip nnU-Net's verify_dataset_integrity")
     g = p.add_argument_group("ISLES 2017 / 2018")
     g.add_argument("--perfusion", choices=("maps", "none", "raw"), default=None,
-                   help="maps (default, the seed papers): perfusion parameter maps in, raw 4D perfusion series out; "
-                        "none: parameter maps out too; raw: also the raw series, as its temporal max and mean")
+                   help="maps (default, as the volume-bias and Dice/Jaccard papers): perfusion parameter maps in, "
+                        "raw 4D perfusion series out; none: parameter maps out too; raw: also the raw series, as its temporal max and mean")
     g.add_argument("--modalities", default=None, metavar="A,B,...",
                    help="explicit channel list, e.g. ADC,Tmax (ISLES 2017) or CT,CBF,CBV,MTT,Tmax,DWI (ISLES 2018)")
     g = p.add_argument_group("KiTS19")
-    g.add_argument("--exclude-flawed", action="store_true",
-                   help="leave out cases 15, 23, 37, 68, 125, 133 (label problems; excluded by nnU-Net and DSC++)")
-    p.set_defaults(func=_cmd_convert)
+    add_option(g, "--exclude_flawed", old=("--exclude-flawed",), action="store_true",
+               help="leave out cases 15, 23, 37, 68, 125, 133 (label problems; excluded by nnU-Net and DSC++)")
+    p.set_defaults(func=_cmd_convert, user_errors=CONVERT_ERRORS)
 
     p = subparsers.add_parser(
         "package", help="write predictions as a challenge submission (file names, labels, geometry)",
@@ -92,9 +89,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("challenge", metavar="CHALLENGE", choices=CHALLENGES, help="one of: " + ", ".join(CHALLENGES))
     p.add_argument("predictions", metavar="PREDICTIONS", help="folder of predictions (CASE.nii.gz / CASE.png)")
     p.add_argument("output", metavar="OUTPUT", help="folder to write the submission files into")
-    p.add_argument("--reference", required=True,
-                   help="the official images of the predicted cases (download folder or nnU-Net imagesTs)")
+    add_option(p, "-ref", old=("--reference",), required=True, metavar="FOLDER",
+               help="the official images of the predicted cases (download folder or nnU-Net imagesTs)")
     p.add_argument("--variant", default=None,
                    help="the task the predictions are of (brats2018: regions, wt, tc, et; kits19: multiclass, "
                         "kidney, tumour); default: from PREDICTIONS/dataset.json, else the challenge's full task")
-    p.set_defaults(func=_cmd_package)
+    p.set_defaults(func=_cmd_package, user_errors=(KeyError,))

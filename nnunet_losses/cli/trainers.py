@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def ext_trainer_folder() -> Path:
-    """Folder for ``nnUNet_extTrainer``, found without importing nnU-Net (fast for ``$(...)`` in shells)."""
+    """``nnunet_losses.trainers.trainer_path()``, found without importing the trainers: importing them imports all
+    of nnU-Net (seconds), too slow for ``$(nnunet-losses trainer-path)`` in every shell start-up."""
     spec = importlib.util.find_spec("nnunet_losses.trainers")
     return Path(list(spec.submodule_search_locations)[0]).resolve() / "nnunet_ext"
 
