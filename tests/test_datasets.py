@@ -311,7 +311,21 @@ def test_free_id_is_chosen_across_all_nnunet_folders(tmp_path, nnunet_dirs):
     (nnunet_dirs["raw"] / "Dataset553_file_not_dir").write_text("")
     rep = R.make_drive(tmp_path / "download")
     assert convert("drive", rep.source).name == "Dataset553_DRIVE"
-    assert convert("drive", rep.source).name == "Dataset554_DRIVE"
+
+
+def test_converting_twice_is_refused_not_copied(tmp_path, nnunet_dirs, capsys):
+    """A second `convert` of the same task must not silently write a second copy under the next free ID."""
+    from nnunet_losses.cli import main
+    rep = R.make_drive(tmp_path / "download")
+    first = convert("drive", rep.source, num_processes=1)
+    with pytest.raises(DatasetIDError, match=f"already converted to {first}.*-d ID"):
+        convert("drive", rep.source)
+    assert main(["convert", "drive", rep.source, "-np", "1", "--no_verify"]) == 1
+    assert f"already converted to {first}" in capsys.readouterr().err
+    assert [p.name for p in nnunet_dirs["raw"].iterdir()] == [first.name]
+    # asked for explicitly (-d), or a different dataset (other cases): converted
+    assert convert("drive", rep.source, dataset_id=9).name == "Dataset009_DRIVE"
+    assert convert("drive", rep.source, exclude=["21_training"]).name == "Dataset551_DRIVE"
 
 
 def test_given_id_in_use_is_refused(tmp_path, nnunet_dirs):

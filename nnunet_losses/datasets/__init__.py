@@ -5,7 +5,7 @@
 >>> convert("brats2018", "/data/MICCAI_BraTS_2018_Data_Training", binary="wt", dataset_id=601)
 >>> package("brats2018", "/preds", "/submission", reference="/data/MICCAI_BraTS_2018_Data_Validation")
 
-The same as ``nnunet-losses convert DATASET SOURCE [--id N] [--binary [TASK]]`` and ``nnunet-losses package``.
+The same as ``nnunet-losses convert DATASET SOURCE [-d ID] [--binary [TASK]]`` and ``nnunet-losses package``.
 Layouts, sources and label encodings: ``docs/datasets.md``.
 """
 from __future__ import annotations

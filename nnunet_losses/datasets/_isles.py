@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_losses.datasets.converter import Case, Converter, SourceDataError, check_label_values, read_3d, write_label_like
+from nnunet_losses.datasets.converter import SourceCase, Converter, SourceDataError, check_label_values, read_3d, write_label_like
 
 FILE_RE = re.compile(r"^(?:SMIR|VSD)\.Brain\.XX\.O\.(?P<token>[A-Za-z0-9_]+)\.(?P<oid>\d+)\.nii(?:\.gz)?$")
 PERFUSION_MODES = ("maps", "none", "raw")
@@ -91,7 +91,7 @@ class ISLESConverter(Converter):
         return dict(enumerate(names))
 
     def collect(self, case_dirs: Sequence[Path], source: Path, labelled: bool, missing: List[str],
-                case_id=lambda d: d.name) -> List[Case]:
+                case_id=lambda d: d.name) -> List[SourceCase]:
         cases = []
         for d in case_dirs:
             found = scan_case(d)
@@ -107,11 +107,11 @@ class ISLESConverter(Converter):
                     missing.append(f"{rel}: a single {tok} image (found {len(files)}: "
                                    f"{', '.join(f.name for f in files)})")
                 paths.append(files[0] if files else None)
-            cases.append(Case(case_id(d), tuple(paths[:len(self.selected())]),
+            cases.append(SourceCase(case_id(d), tuple(paths[:len(self.selected())]),
                               paths[-1] if labelled else None))
         return cases
 
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+    def convert_case(self, case: SourceCase, images_dir: Path, labels_dir: Optional[Path]) -> None:
         import SimpleITK as sitk
         modalities = self.selected()
         # the geometry of the case: its label if it has one, else its first 3D channel

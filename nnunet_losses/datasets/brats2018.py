@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from nnunet_losses.datasets.converter import Case, Converter, Variant, check_label_values, copy_nifti, visible_dirs, \
+from nnunet_losses.datasets.converter import SourceCase, Converter, Variant, check_label_values, copy_nifti, visible_dirs, \
     write_label_like
 
 TRAIN_DIR = "MICCAI_BraTS_2018_Data_Training"
@@ -57,7 +57,7 @@ class BraTS2018(Converter):
     def channel_names(self):
         return {0: "T1", 1: "T1ce", 2: "T2", 3: "Flair"}
 
-    def _case(self, folder: Path, with_label: bool, missing: List[str], source: Path) -> Case:
+    def _case(self, folder: Path, with_label: bool, missing: List[str], source: Path) -> SourceCase:
         c = folder.name
         images = []
         for m in MODALITIES + (("seg",) if with_label else ()):
@@ -65,9 +65,9 @@ class BraTS2018(Converter):
             if p is None:
                 missing.append(f"{folder.relative_to(source)}/{c}_{m}.nii.gz")
             images.append(p)
-        return Case(c, tuple(images[:4]), images[4] if with_label else None)
+        return SourceCase(c, tuple(images[:4]), images[4] if with_label else None)
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         if any((source / g).is_dir() for g in GRADES):
             train_root = source
         elif (source / TRAIN_DIR).is_dir():
@@ -75,7 +75,7 @@ class BraTS2018(Converter):
         else:
             raise self.layout_error(source, [f"{source}/HGG/ and {source}/LGG/ (or {source}/{TRAIN_DIR}/HGG, LGG)"])
         missing: List[str] = []
-        train: List[Case] = []
+        train: List[SourceCase] = []
         for grade in GRADES:
             folder = train_root / grade
             if not folder.is_dir():
@@ -85,7 +85,7 @@ class BraTS2018(Converter):
             if not cases:
                 missing.append(f"{folder.relative_to(source)}/Brats18_*/ (no case folders)")
             train += [self._case(d, True, missing, source) for d in cases]
-        test: List[Case] = []
+        test: List[SourceCase] = []
         if (source / VALIDATION_DIR).is_dir():
             test = [self._case(d, False, missing, source) for d in visible_dirs(source / VALIDATION_DIR)
                     if d.name.startswith("Brats")]
@@ -93,7 +93,7 @@ class BraTS2018(Converter):
             raise self.layout_error(source, missing)
         return train, test
 
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+    def convert_case(self, case: SourceCase, images_dir: Path, labels_dir: Optional[Path]) -> None:
         for i, src in enumerate(case.images):
             copy_nifti(src, images_dir / f"{case.case_id}_{i:04d}.nii.gz")
         if labels_dir is None or case.label is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from nnunet_losses.datasets.converter import Case, Mask2DConverter, Variant, visible_files
+from nnunet_losses.datasets.converter import SourceCase, Mask2DConverter, Variant, visible_files
 
 ROOT = "BUS_Dataset_B"
 
@@ -27,7 +27,7 @@ class BUS2017(Mask2DConverter):
                                   binary=True)}
     default_variant = default_binary = "lesion"
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         root = source if (source / "original").is_dir() or (source / "GT").is_dir() else source / ROOT
         missing = [f"{(root / d).relative_to(source)}/" for d in ("original", "GT")
                    if not (root / d).is_dir()]
@@ -41,7 +41,7 @@ class BUS2017(Mask2DConverter):
             label = root / "GT" / p.name
             if not label.is_file():
                 missing.append(str(label.relative_to(source)))
-            cases.append(Case(f"bus_{p.stem}", (p,), label))
+            cases.append(SourceCase(f"bus_{p.stem}", (p,), label))
         if missing:
             raise self.layout_error(source, missing)
         return cases, []

@@ -69,8 +69,9 @@ class Variant:
 
 
 @dataclass
-class Case:
-    """One case of the download: where its images (one file per channel, or one RGB file) and label live."""
+class SourceCase:
+    """One case of the download: where its images (one file per channel, or one RGB file) and label live (not an
+    evaluated case, which is ``nnunet_losses.evaluation.cases.Case``)."""
     case_id: str
     images: Tuple[Path, ...]
     label: object = None  # a Path, a tuple of Paths (DSB's per-nucleus masks) or None for unlabelled cases
@@ -113,14 +114,14 @@ class Converter:
         self.check_options()
 
     # ---- to implement -------------------------------------------------------------------------------------------
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         """(training cases, test cases) of the download at ``source``; raise :class:`LayoutError` listing all gaps."""
         raise NotImplementedError
 
     def channel_names(self) -> Dict[int, str]:
         raise NotImplementedError
 
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+    def convert_case(self, case: SourceCase, images_dir: Path, labels_dir: Optional[Path]) -> None:
         """Write ``case`` in nnU-Net's format (its label too when ``labels_dir`` is given and the case has one)."""
         raise NotImplementedError
 
@@ -180,7 +181,7 @@ def assign_dataset_id(preferred: int, requested: Optional[int], folders: Iterabl
         if requested in used:
             where = ", ".join(str(p) for p in used[requested])
             raise DatasetIDError(f"dataset ID {requested} is already used by {where}; refusing to overwrite it. "
-                                 f"Choose another --id, or leave it out to get a free one.")
+                                 f"Choose another -d ID, or leave it out to get a free one.")
         return requested
     for candidate in list(range(preferred, 1000)) + list(range(1, preferred)):
         if candidate not in used:
@@ -243,7 +244,7 @@ def verify_raw_dataset(folder: Path, num_processes: int = 1) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 # the conversion itself
 # ------------------------------------------------------------------------------------------------------------------
-def _convert_one(converter: Converter, case: Case, images_dir: str, labels_dir: Optional[str]) -> None:
+def _convert_one(converter: Converter, case: SourceCase, images_dir: str, labels_dir: Optional[str]) -> None:
     converter.convert_case(case, Path(images_dir), Path(labels_dir) if labels_dir else None)
 
 
@@ -255,11 +256,8 @@ def _is_within(path: Path, parent: Path) -> bool:
         return False
 
 
-def run_conversion(converter: Converter, source, dataset_id: Optional[int] = None, raw_dir=None,
-                   name: Optional[str] = None, exclude: Sequence[str] = (), num_processes: int = 1,
-                   verify: bool = True) -> Path:
-    """Convert the download at ``source`` into ``nnUNet_raw/DatasetXXX_Name`` and return that folder."""
-    source = Path(source).expanduser().resolve()
+def _select_cases(converter: Converter, source: Path, exclude: Sequence[str]):
+    """(training cases, test cases) of the download, without the ``exclude``d case IDs (which must exist)."""
     if not source.is_dir():
         raise converter.layout_error(source, [f"{source} (the folder itself does not exist)"])
     train, test = converter.find_cases(source)
@@ -273,7 +271,31 @@ def run_conversion(converter: Converter, source, dataset_id: Optional[int] = Non
     test = [c for c in test if c.case_id not in exclude]
     if not train:
         raise converter.layout_error(source, ["training cases (none left)"])
+    return train, test
 
+
+def previous_conversions(raw: Path, converter: Converter, n_train: int, n_test: int) -> List[Path]:
+    """The datasets in ``raw`` this converter already wrote from the same cases: same dataset, task, channels and
+    case counts in their dataset.json (other options or ``exclude`` lists make other datasets)."""
+    import json
+    channels = {str(k): v for k, v in converter.channel_names().items()}
+    found = []
+    for folder in sorted(raw.glob("Dataset[0-9][0-9][0-9]_*")) if raw.is_dir() else []:
+        try:
+            meta = json.loads((folder / "dataset.json").read_text())
+            ours = meta.get("nnunet_losses") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # not ours, or unreadable: it cannot be a previous conversion of this task
+        if (ours.get("dataset"), ours.get("variant")) == (converter.key, converter.variant.name) and \
+                meta.get("channel_names") == channels and meta.get("numTraining") == n_train and \
+                meta.get("numTest", 0) == n_test:
+            found.append(folder)
+    return found
+
+
+def _target_folder(converter: Converter, source: Path, raw_dir, name: Optional[str], dataset_id: Optional[int],
+                   n_train: int, n_test: int) -> Path:
+    """``nnUNet_raw/DatasetXXX_Name``: a free ID, never inside the download, never a silent second copy."""
     raw, folders = nnunet_folders(raw_dir)
     raw = raw.expanduser().resolve()
     if _is_within(raw, source):
@@ -282,43 +304,70 @@ def run_conversion(converter: Converter, source, dataset_id: Optional[int] = Non
     name = name or converter.name()
     if not NAME_RE.match(name):
         raise ValueError(f"dataset name {name!r} may only contain letters, digits, '_', '-' and '.'")
+    if dataset_id is None:
+        done = previous_conversions(raw, converter, n_train, n_test)
+        if done:
+            raise DatasetIDError(f"{converter.key} ({converter.variant.name}) was already converted to "
+                                 f"{', '.join(map(str, done))}; use that dataset, or give -d ID to convert it "
+                                 f"again under another ID")
     dataset_id = assign_dataset_id(converter.variant.preferred_id, dataset_id, folders)
-    final = raw / f"Dataset{dataset_id:03d}_{name}"
-    raw.mkdir(parents=True, exist_ok=True)
-    scratch = raw / f".{final.name}.incomplete-{os.getpid()}"
+    return raw / f"Dataset{dataset_id:03d}_{name}"
+
+
+def _write_cases(converter: Converter, folder: Path, train, test, num_processes: int) -> None:
+    """imagesTr/labelsTr (and imagesTs, labelsTs where the test cases have labels) in ``folder``."""
+    images_tr, labels_tr = folder / "imagesTr", folder / "labelsTr"
+    images_tr.mkdir(parents=True)
+    labels_tr.mkdir()
+    jobs = [(converter, c, str(images_tr), str(labels_tr)) for c in train]
+    if test:
+        images_ts = folder / "imagesTs"
+        images_ts.mkdir()
+        labels_ts = folder / "labelsTs"
+        if any(c.label is not None for c in test):
+            labels_ts.mkdir()
+        jobs += [(converter, c, str(images_ts), str(labels_ts) if c.label is not None else None) for c in test]
+    if num_processes > 1 and len(jobs) > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+            pool.starmap(_convert_one, jobs)
+    else:
+        for job in jobs:
+            _convert_one(*job)
+
+
+def _write_dataset_json(converter: Converter, folder: Path, dataset_name: str, n_train: int, n_test: int) -> None:
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from nnunet_losses import __version__
+    v = converter.variant
+    generate_dataset_json(str(folder), channel_names=dict(converter.channel_names()),
+                          labels={k: (tuple(x) if isinstance(x, (tuple, list)) else x) for k, x in v.labels.items()},
+                          num_training_cases=n_train, file_ending=converter.file_ending,
+                          regions_class_order=v.regions_class_order, dataset_name=dataset_name,
+                          reference=converter.url, release=converter.release, description=converter.description(),
+                          overwrite_image_reader_writer=converter.reader_writer, license=converter.licence,
+                          converted_by=f"nnunet-losses {__version__} ({converter.__module__})",
+                          numTest=n_test, nnunet_losses=converter.metadata())
+
+
+def run_conversion(converter: Converter, source, dataset_id: Optional[int] = None, raw_dir=None,
+                   name: Optional[str] = None, exclude: Sequence[str] = (), num_processes: int = 1,
+                   verify: bool = True) -> Path:
+    """Convert the download at ``source`` into ``nnUNet_raw/DatasetXXX_Name`` and return that folder.
+
+    Without ``dataset_id``, a task this converter has already converted into nnUNet_raw is refused
+    (:class:`DatasetIDError`) instead of being written again under the next free ID.
+    """
+    source = Path(source).expanduser().resolve()
+    train, test = _select_cases(converter, source, exclude)
+    final = _target_folder(converter, source, raw_dir, name, dataset_id, len(train), len(test))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final.parent / f".{final.name}.incomplete-{os.getpid()}"
     if scratch.exists():
         shutil.rmtree(scratch)
     try:
-        images_tr, labels_tr = scratch / "imagesTr", scratch / "labelsTr"
-        images_tr.mkdir(parents=True)
-        labels_tr.mkdir()
-        jobs = [(converter, c, str(images_tr), str(labels_tr)) for c in train]
-        if test:
-            images_ts = scratch / "imagesTs"
-            images_ts.mkdir()
-            labels_ts = scratch / "labelsTs"
-            if any(c.label is not None for c in test):
-                labels_ts.mkdir()
-            jobs += [(converter, c, str(images_ts), str(labels_ts) if c.label is not None else None) for c in test]
-        if num_processes > 1 and len(jobs) > 1:
-            import multiprocessing
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-                pool.starmap(_convert_one, jobs)
-        else:
-            for job in jobs:
-                _convert_one(*job)
-        from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-        from nnunet_losses import __version__
-        v = converter.variant
-        generate_dataset_json(str(scratch), channel_names=dict(converter.channel_names()),
-                              labels={k: (tuple(x) if isinstance(x, (tuple, list)) else x) for k, x in v.labels.items()},
-                              num_training_cases=len(train), file_ending=converter.file_ending,
-                              regions_class_order=v.regions_class_order, dataset_name=final.name,
-                              reference=converter.url, release=converter.release,
-                              description=converter.description(),
-                              overwrite_image_reader_writer=converter.reader_writer, license=converter.licence,
-                              converted_by=f"nnunet-losses {__version__} ({converter.__module__})",
-                              numTest=len(test), nnunet_losses=converter.metadata())
+        _write_cases(converter, scratch, train, test, num_processes)
+        _write_dataset_json(converter, scratch, final.name, len(train), len(test))
         if verify:
             verify_raw_dataset(scratch, num_processes)
         if final.exists():  # appeared while we were converting
@@ -455,17 +504,17 @@ class Mask2DConverter(Converter):
     def channel_names(self):
         return dict(self.channels)
 
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+    def convert_case(self, case: SourceCase, images_dir: Path, labels_dir: Optional[Path]) -> None:
         image = (read_rgb if len(self.channels) == 3 else read_gray)(case.images[0])
         mask = read_mask(case.label) if case.label is not None and labels_dir is not None else None
         write_2d_case(image, mask, case.case_id, images_dir, labels_dir, case.images[0], case.label)
 
 
-def case_with_label(case_id: str, image: Path, label: Path, required: bool, missing: List[str], shown: str) -> Case:
+def case_with_label(case_id: str, image: Path, label: Path, required: bool, missing: List[str], shown: str) -> SourceCase:
     """The case of ``image`` with ``label`` if that file exists; if not, a case without label, and ``shown`` (the
     label's path as the user should read it) is added to ``missing`` when the label is ``required``."""
     if label.is_file():
-        return Case(case_id, (image,), label)
+        return SourceCase(case_id, (image,), label)
     if required:
         missing.append(shown)
-    return Case(case_id, (image,), None)
+    return SourceCase(case_id, (image,), None)

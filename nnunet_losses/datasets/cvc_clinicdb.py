@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from nnunet_losses.datasets.converter import Case, Mask2DConverter, Variant, visible_files
+from nnunet_losses.datasets.converter import SourceCase, Mask2DConverter, Variant, visible_files
 
 IMAGES, MASKS = "Original", "Ground Truth"
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
@@ -27,7 +27,7 @@ class CVCClinicDB(Mask2DConverter):
                                  binary=True)}
     default_variant = default_binary = "polyp"
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         candidates = [source, source / "CVC-ClinicDB", source / "TIF", source / "PNG",
                       source / "CVC-ClinicDB" / "TIF", source / "CVC-ClinicDB" / "PNG"]
         root = next((c for c in candidates if (c / IMAGES).is_dir() and (c / MASKS).is_dir()), None)
@@ -45,7 +45,7 @@ class CVCClinicDB(Mask2DConverter):
             if label is None:
                 missing.append(f"{(root / MASKS / p.name).relative_to(source)}")
             case_id = f"cvc_{int(p.stem):03d}" if p.stem.isdigit() else f"cvc_{p.stem}"
-            cases.append(Case(case_id, (p,), label))
+            cases.append(SourceCase(case_id, (p,), label))
         if missing:
             raise self.layout_error(source, missing)
         return cases, []

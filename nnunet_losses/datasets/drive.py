@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from nnunet_losses.datasets.converter import Case, Mask2DConverter, Variant, case_with_label, visible_files
+from nnunet_losses.datasets.converter import SourceCase, Mask2DConverter, Variant, case_with_label, visible_files
 
 IMAGE_RE = re.compile(r"^(?P<n>\d+)_(?P<split>training|test)\.tiff?$", re.IGNORECASE)
 
@@ -44,7 +44,7 @@ class DRIVE(Mask2DConverter):
                                          str(label.relative_to(source))))
         return cases
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         root = source if (source / "training").is_dir() else source / "DRIVE"
         if not (root / "training").is_dir():
             raise self.layout_error(source, [f"{source}/training/ (or {source}/DRIVE/training/)"])

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from nnunet_losses.datasets.converter import RGB_CHANNELS, Case, Converter, SourceDataError, Variant, read_mask, read_rgb, visible_dirs, \
+from nnunet_losses.datasets.converter import RGB_CHANNELS, SourceCase, Converter, SourceDataError, Variant, read_mask, read_rgb, visible_dirs, \
     visible_files, write_2d_case
 
 
@@ -33,7 +33,7 @@ class DSB2018(Converter):
     def channel_names(self):
         return dict(RGB_CHANNELS)
 
-    def _cases(self, folder: Path, source: Path, labelled: bool, missing: List[str]) -> List[Case]:
+    def _cases(self, folder: Path, source: Path, labelled: bool, missing: List[str]) -> List[SourceCase]:
         cases = []
         for d in visible_dirs(folder):
             image = d / "images" / f"{d.name}.png"
@@ -44,10 +44,10 @@ class DSB2018(Converter):
                 masks = tuple(visible_files(d / "masks", (".png",))) if (d / "masks").is_dir() else ()
                 if not masks:
                     missing.append(f"{(d / 'masks').relative_to(source)}/*.png (no nucleus masks)")
-            cases.append(Case(d.name, (image,), masks))
+            cases.append(SourceCase(d.name, (image,), masks))
         return cases
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         test_root = None
         if (source / "stage1_train").is_dir():
             train_root = source / "stage1_train"
@@ -65,7 +65,7 @@ class DSB2018(Converter):
             raise self.layout_error(source, missing)
         return train, test
 
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+    def convert_case(self, case: SourceCase, images_dir: Path, labels_dir: Optional[Path]) -> None:
         image = read_rgb(case.images[0])
         mask = None
         if case.label and labels_dir is not None:

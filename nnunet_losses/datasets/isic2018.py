@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import List, Tuple
 
-from nnunet_losses.datasets.converter import Case, Mask2DConverter, Variant, case_with_label, visible_files
+from nnunet_losses.datasets.converter import SourceCase, Mask2DConverter, Variant, case_with_label, visible_files
 
 IMAGE_RE = re.compile(r"^ISIC_\d+\.jpe?g$", re.IGNORECASE)
 SPLITS = ("Training", "Validation", "Test")
@@ -38,7 +38,7 @@ class ISIC2018(Mask2DConverter):
                                   binary=True)}
     default_variant = default_binary = "lesion"
 
-    def _split(self, source: Path, split: str, labels_required: bool, missing: List[str]) -> List[Case]:
+    def _split(self, source: Path, split: str, labels_required: bool, missing: List[str]) -> List[SourceCase]:
         images = [p for p in visible_files(source / input_dir(split), (".jpg", ".jpeg")) if IMAGE_RE.match(p.name)]
         if not images:
             missing.append(f"{input_dir(split)}/ISIC_NNNNNNN.jpg (no images)")
@@ -56,12 +56,12 @@ class ISIC2018(Mask2DConverter):
                     missing.append(f"{input_dir(split)}/{m.name[: -len('_segmentation.png')]}.jpg")
         return cases
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         missing = [f"{d}/" for d in (input_dir("Training"), truth_dir("Training")) if not (source / d).is_dir()]
         if missing:
             raise self.layout_error(source, missing)
         train = self._split(source, "Training", True, missing)
-        test: List[Case] = []
+        test: List[SourceCase] = []
         for split in SPLITS[1:]:
             if (source / input_dir(split)).is_dir():
                 test += self._split(source, split, False, missing)

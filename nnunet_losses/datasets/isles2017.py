@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from nnunet_losses.datasets._isles import RAW, ISLESConverter
-from nnunet_losses.datasets.converter import Case, Variant, visible_dirs
+from nnunet_losses.datasets.converter import SourceCase, Variant, visible_dirs
 
 TRAIN_DIR, TEST_DIR = "ISLES2017_Training", "ISLES2017_Testing"
 TRAIN_CASE, TEST_CASE = re.compile(r"^training_\d+$"), re.compile(r"^test_\d+$")
@@ -34,7 +34,7 @@ class ISLES2017(ISLESConverter):
     anatomical = ("ADC",)
     perfusion_maps = ("MTT", "rCBF", "rCBV", "Tmax", "TTP")
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         def cases_in(folder: Path, pattern):
             return sorted((d for d in visible_dirs(folder) if pattern.match(d.name)),
                           key=lambda d: int(d.name.rsplit("_", 1)[1]))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from nnunet_losses.datasets._isles import RAW, ISLESConverter
-from nnunet_losses.datasets.converter import Case, Variant, first_existing, visible_dirs
+from nnunet_losses.datasets.converter import SourceCase, Variant, first_existing, visible_dirs
 
 CASE = re.compile(r"^case_\d+$")
 
@@ -35,7 +35,7 @@ class ISLES2018(ISLESConverter):
     perfusion_maps = ("CBF", "CBV", "MTT", "Tmax")
     not_inputs = ("DWI",)
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         def cases_in(folder: Path):
             return sorted((d for d in visible_dirs(folder) if CASE.match(d.name)),
                           key=lambda d: int(d.name.rsplit("_", 1)[1]))

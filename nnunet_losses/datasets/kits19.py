@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 
-from nnunet_losses.datasets.converter import Case, Converter, Variant, check_label_values, visible_dirs, write_label_like
+from nnunet_losses.datasets.converter import SourceCase, Converter, Variant, check_label_values, visible_dirs, write_label_like
 
 FLAWED_CASES = ("case_00015", "case_00023", "case_00037", "case_00068", "case_00125", "case_00133")
 FIRST_TEST_CASE = 210
@@ -45,7 +45,7 @@ class KiTS19(Converter):
     def channel_names(self):
         return {0: "CT"}
 
-    def find_cases(self, source: Path) -> Tuple[List[Case], List[Case]]:
+    def find_cases(self, source: Path) -> Tuple[List[SourceCase], List[SourceCase]]:
         root = source
         if not any(d.name.startswith("case_") for d in visible_dirs(source)) and (source / "data").is_dir():
             root = source / "data"
@@ -64,18 +64,18 @@ class KiTS19(Converter):
             except (IndexError, ValueError):
                 number = FIRST_TEST_CASE
             if seg.is_file():
-                train.append(Case(d.name, (imaging,), seg))
+                train.append(SourceCase(d.name, (imaging,), seg))
             elif number < FIRST_TEST_CASE:
                 missing.append(f"{d.relative_to(source)}/segmentation.nii.gz")
             else:
-                test.append(Case(d.name, (imaging,), None))
+                test.append(SourceCase(d.name, (imaging,), None))
         if missing:
             hint = ("The images are not in the git repository: run `python3 -m starter_code.get_imaging` in the "
                     "kits19 checkout." if any(m.endswith("imaging.nii.gz") for m in missing) else "")
             raise self.layout_error(source, missing, hint)
         return train, test
 
-    def convert_case(self, case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None:
+    def convert_case(self, case: SourceCase, images_dir: Path, labels_dir: Optional[Path]) -> None:
         shutil.copyfile(case.images[0], images_dir / f"{case.case_id}_0000.nii.gz")
         if labels_dir is None or case.label is None:
             return
