@@ -24,9 +24,14 @@ from nnunet_losses.trainers.loss_trainers import LOSS_TRAINERS
 from nnunet_losses.trainers.loss_trainers import *  # noqa: F401,F403  (the 16 loss trainers)
 from nnunet_losses.trainers.generated import *  # noqa: F401,F403  (generated trainers)
 from nnunet_losses.trainers.variants import define_trainer, number_tag
+from nnunet_losses.trainers.soft_targets import BoundarySmoothingMixin, SoftTargetMixin
+from nnunet_losses.trainers.distillation import DistillationMixin
+from nnunet_losses.trainers.multirater import MultiRaterMixin
+from nnunet_losses.trainers.soft_trainers import SOFT_TRAINERS, MultiRaterSampleMixin
+from nnunet_losses.trainers.soft_trainers import *  # noqa: F401,F403  (soft-target trainers)
 
 #: every trainer of the package, name -> class
-TRAINERS = {**{cls.__name__: cls for cls in LOSS_TRAINERS.values()}, **GENERATED}
+TRAINERS = {**{cls.__name__: cls for cls in LOSS_TRAINERS.values()}, **GENERATED, **SOFT_TRAINERS}
 
 __all__ = list(TRAINERS)
 

@@ -60,7 +60,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     out = write_phantom_dataset(raw, args.d, name=args.name, dim=args.dim, variant=args.variant, p=args.p,
                                 n_subregions=args.N, mu=args.mu, n_cases=args.n_cases, shape=args.shape,
                                 spacing=args.spacing, radius_range=args.radius, noise=args.noise,
-                                blur=args.blur, seed=args.seed)
+                                blur=args.blur, seed=args.seed, n_raters=args.raters)
     meta = json.loads((out / SIDECAR).read_text())
     exp = [c["expected_volume_ml"] for c in meta["cases"].values()]
     ref = [c["reference_volume_ml"] for c in meta["cases"].values()]
@@ -102,6 +102,9 @@ def _add_phantom(subparsers) -> None:
     p.add_argument("--blur", type=NON_NEGATIVE, default=1.5,
                    help="voxel variant: sd (mm) of the probability map's blur [1.5]")
     p.add_argument("--seed", type=SEED, default=0, help="random seed [0]")
+    p.add_argument("--raters", type=int, default=0, metavar="K",
+                   help="also write K >= 2 independent rater label maps per case into ratersTr/ (rater 0 = labelsTr), "
+                        "the multi-rater format of the MultiRater trainers [0: none]")
     p.set_defaults(func=_cmd_phantom)
 
 

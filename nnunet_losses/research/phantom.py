@@ -43,6 +43,8 @@ from nnunet_losses.research import PAPER
 VARIANTS = ("regions", "voxel")
 SIDECAR = "phantom.json"
 PROBABILITY_FOLDER = "probabilitiesTr"
+#: K rater label maps per case, ``<case>_rater<k>.nii.gz`` (the format of nnunet_losses.trainers.multirater)
+RATER_FOLDER = "ratersTr"
 
 
 def _spacing_zyx(spacing: Optional[Sequence[float]], dim: int) -> Tuple[float, float, float]:
@@ -123,7 +125,24 @@ def phantom_case(rng: np.random.Generator, shape: Sequence[int], spacing: Sequen
             "rotation_rad": rotation, "core_voxels": int(np.count_nonzero(core)),
             "ring_voxels": int(np.count_nonzero(ring)),
             "mu_realised": float(np.count_nonzero(ring) / max(1, np.count_nonzero(core))), **extra}
-    return {"image": image, "label": label.astype(np.uint8), "probability": probability, "meta": meta}
+    return {"image": image, "label": label.astype(np.uint8), "probability": probability, "meta": meta,
+            "core": core, "sector": np.where(ring, sector, -1)}
+
+
+def draw_raters(rng: np.random.Generator, case: dict, variant: str, p: float, n_subregions: int,
+                n_raters: int) -> np.ndarray:
+    """``(K, *shape)`` uint8 label maps of K raters of one case: rater 0 is the case's ``label``, raters 1..K-1 are
+    independent new draws from the same model (regions: every ring sector drawn in with probability ``p``;
+    voxel: every voxel with its probability), so the per-voxel probability map is the raters' expectation."""
+    raters = [case["label"]]
+    for _ in range(1, n_raters):
+        if variant == "regions":
+            drawn = np.append(rng.random(n_subregions) < p, False)  # index -1 (outside the ring): never drawn
+            label = case["core"] | drawn[case["sector"]]
+        else:
+            label = rng.random(case["probability"].shape) < case["probability"]
+        raters.append(label.astype(np.uint8))
+    return np.stack(raters)
 
 
 def _write(arr: np.ndarray, path: Path, spacing_zyx: Sequence[float]) -> None:
@@ -138,13 +157,16 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
                           n_cases: int = 20, shape: Optional[Sequence[int]] = None,
                           spacing: Optional[Sequence[float]] = None, radius_range: Sequence[float] = (6.0, 10.0),
                           noise: float = 0.1, blur: float = 1.5, uncertain_intensity: float = 0.5,
-                          seed: int = 0) -> Path:
+                          seed: int = 0, n_raters: int = 0) -> Path:
     """Write a phantom dataset ``Dataset{id:03d}_{name}`` under ``raw_root`` and return its folder (see module doc).
 
     ``p``: probability that an uncertain sub-region (or, for ``variant="voxel"``, the ring) is structure;
     ``n_subregions``: N independent sectors of the ring; ``mu``: ring volume / core volume; ``radius_range``: core
     radius in mm, uniform per case; ``noise``: sd of the Gaussian image noise; ``blur``: sd in mm of the Gaussian
     blur of the voxel variant's probability map; ``seed``: everything is drawn from ``numpy.random.default_rng(seed)``.
+    ``n_raters`` K >= 2: also write ``ratersTr/case_XXX_rater<k>.nii.gz``, K independent draws of the reference
+    (rater 0 is ``labelsTr``; the multi-rater format of ``nnunet_losses.trainers.multirater``), from a second
+    random stream, so the other files are those of ``n_raters=0``.
     """
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}")
@@ -159,6 +181,8 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
     lo, hi = (float(x) for x in radius_range)
     if not 0 < lo <= hi:
         raise ValueError(f"radius_range must be (min, max) with 0 < min <= max, got {radius_range}")
+    if int(n_raters) != n_raters or n_raters < 0 or n_raters == 1:
+        raise ValueError(f"n_raters must be 0 (no raters) or an integer >= 2, got {n_raters}")
     if n_cases < 1 or not 0 < int(dataset_id) < 1000:
         raise ValueError("need n_cases >= 1 and 0 < dataset_id < 1000")
     shape3, spacing3 = _shape(shape, dim), _spacing_zyx(spacing, dim)
@@ -176,6 +200,9 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
     rng = np.random.default_rng(seed)
     cases = [phantom_case(rng, shape3, spacing3, dim, variant, p, int(n_subregions), mu, (lo, hi), noise, blur,
                           uncertain_intensity) for _ in range(n_cases)]  # draw all first: nothing half-written
+    rater_rng = np.random.default_rng([seed, 1])
+    raters = [draw_raters(rater_rng, case, variant, p, int(n_subregions), int(n_raters)) if n_raters else None
+              for case in cases]
     voxel_ml = float(np.prod(spacing3)) / 1000.0
     theory = None
     if variant == "regions" and mu > 0:
@@ -186,7 +213,7 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
                   "sd_optimal_p_hat": float(optimal_p_hat_soft_dice(p, int(n_subregions), mu)),
                   "ce_optimal_p_hat": float(p)}
 
-    for sub in ("imagesTr", "labelsTr", PROBABILITY_FOLDER):
+    for sub in ("imagesTr", "labelsTr", PROBABILITY_FOLDER) + ((RATER_FOLDER,) if n_raters else ()):
         (out / sub).mkdir(parents=True, exist_ok=False)
     records = {}
     for i, case in enumerate(cases):
@@ -200,6 +227,12 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
         rec = {"expected_volume_ml": expected_voxels * voxel_ml, "reference_volume_ml": reference_voxels * voxel_ml,
                "expected_voxels": expected_voxels, "reference_voxels": reference_voxels,
                "probability_map": f"{PROBABILITY_FOLDER}/{cid}.nii.gz", **meta}
+        if raters[i] is not None:
+            rec["raters"] = []
+            for k, rater in enumerate(raters[i]):
+                _write(rater, out / RATER_FOLDER / f"{cid}_rater{k}.nii.gz", spacing3)
+                rec["raters"].append(f"{RATER_FOLDER}/{cid}_rater{k}.nii.gz")
+            rec["rater_volumes_ml"] = [float(r.sum()) * voxel_ml for r in raters[i]]
         if theory is not None:
             p_sd = float(optimal_p_hat_soft_dice(p, int(n_subregions), max(meta["mu_realised"], 1e-12)))
             rec["theory_sd_optimal_p_hat"] = p_sd
@@ -214,7 +247,7 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
     sidecar = {"generator": "nnunet_losses.research.phantom", "variant": variant, "dim": dim, "p": p,
                "n_subregions": int(n_subregions), "mu": mu, "n_cases": n_cases, "shape_zyx": list(shape3),
                "spacing_zyx_mm": list(spacing3), "voxel_volume_ml": voxel_ml, "radius_range_mm": [lo, hi],
-               "noise": noise, "blur_mm": blur if variant == "voxel" else None,
+               "n_raters": int(n_raters), "noise": noise, "blur_mm": blur if variant == "voxel" else None,
                "uncertain_intensity": uncertain_intensity if variant == "regions" else None, "seed": seed,
                "volume_unit": "ml = voxels x prod(spacing_zyx_mm) / 1000",
                "probability_map_note": "paths relative to this file's folder; float32 P(voxel is structure)",
@@ -229,4 +262,6 @@ def load_sidecar(dataset_folder) -> dict:
     data = json.loads((folder / SIDECAR).read_text())
     for rec in data["cases"].values():
         rec["probability_map"] = str(folder / rec["probability_map"])
+        if "raters" in rec:
+            rec["raters"] = [str(folder / r) for r in rec["raters"]]
     return data
