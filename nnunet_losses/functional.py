@@ -150,19 +150,95 @@ def binary_focal_nll(log_p: Tensor, log_1mp: Tensor, y: Tensor, w_pos: float | T
     return -(_weighted(w_pos, pos) + _weighted(w_neg, neg))
 
 
-def binary_focal_nll_hard(log_q: Tensor, positive: Tensor, w_pos: float | Tensor = 1.0, w_neg: float | Tensor = 1.0,
+def binary_focal_nll_hard(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0, w_neg: float | Tensor = 1.0,
                           gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> Tensor:
-    """:func:`binary_focal_nll` for hard targets, one term per voxel: ``positive`` is the bool map ``y = 1`` and
-    ``log_q`` the log-probability of the reference's side (``log p`` where ``y = 1``, ``log(1 - p)`` where
-    ``y = 0``; for a sigmoid ``logsigmoid(x * (2y - 1))``, one log-sigmoid instead of two)."""
-    if gamma_pos == gamma_neg:
-        terms = focal_log_likelihood(log_q, gamma_pos)
-    else:
-        terms = torch.where(positive, focal_log_likelihood(log_q, gamma_pos), focal_log_likelihood(log_q, gamma_neg))
-    if isinstance(w_pos, Tensor) or isinstance(w_neg, Tensor) or w_pos != w_neg:
-        w = torch.where(positive, _channel_weight_tensor(w_pos, log_q), _channel_weight_tensor(w_neg, log_q))
-        return -(w * terms)
-    return -_weighted(w_pos, terms)
+    """:func:`binary_focal_nll` of a sigmoid output for hard targets: ``y`` holds only 0 and 1 (logits' dtype).
+
+    One term per element: with ``s = 2y - 1`` the log-probability of the reference's side is
+    ``log q = logsigmoid(s x)`` (``log p`` where ``y = 1``, ``log(1 - p)`` where ``y = 0``), so the loss is
+    ``-w (1 - q)^gamma log q`` with ``w, gamma`` of that side. Evaluated by :class:`_HardBinaryFocalNLL`: the
+    general formula's value (to rounding) and its gradient written out in the forward pass -- one saved tensor
+    instead of an autograd graph of a dozen full-size intermediates. Differentiable once (double backward raises).
+    """
+    return _HardBinaryFocalNLL.apply(logits, y, w_pos, w_neg, float(gamma_pos), float(gamma_neg))
+
+
+def _focal_factor_and_slope(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
+    """``F = safe_pow(u, gamma)`` and ``F'(u) u`` with ``F'`` the derivative autograd takes through
+    :func:`safe_pow`, for ``u >= 0`` without a graph (plain numbers for gamma 0).
+
+    ``F' u = gamma F`` on the exact piece; on the linear piece (``u <= POW_EPS``, ``gamma < 1``) ``F' u = F``.
+    The pieces are selected by multiplying with a 0/1 mask (exact), which is several times cheaper than
+    ``torch.where`` on CPU.
+    """
+    if gamma == 0:
+        return 1.0, 0.0
+    if gamma >= 1:
+        factor = u.pow(gamma)
+        return factor, factor * gamma
+    linear = (u <= POW_EPS).to(u.dtype)
+    factor = u.clamp_min(POW_EPS).pow_(gamma).mul_(1 - linear)
+    factor.addcmul_(u, linear, value=POW_EPS ** (gamma - 1))  # exactly one of the two terms is non-zero
+    return factor, factor * linear.mul_(1 - gamma).add_(gamma)
+
+
+def _blend(y: Tensor, not_y: Tensor, a: float | Tensor, b: float | Tensor) -> float | Tensor:
+    """``a`` where ``y = 1``, ``b`` where ``y = 0``, as ``a y + b (1 - y)`` (exact for 0/1 ``y``); numbers if equal."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor) and a == b:
+        return a
+    if not isinstance(a, Tensor):  # one product and one scaled add (a 0/1 tensor times a is exact)
+        b_part = not_y * b
+        return b_part if a == 0 else torch.add(b_part, y, alpha=a)
+    if not isinstance(b, Tensor):
+        return _blend(not_y, y, b, a)
+    return torch.addcmul(a * y, b, not_y)
+
+
+class _HardBinaryFocalNLL(torch.autograd.Function):
+    r"""Value and gradient of :func:`binary_focal_nll_hard` in one forward pass.
+
+    With ``z = s x``, ``log q = logsigmoid(z)``, ``u = 1 - q = sigmoid(-z)`` and the focal factor
+    ``F = safe_pow(u, gamma)`` the element's loss is :math:`\ell = -w F(u) \log q`. From
+    :math:`d \log q / dz = u` and :math:`du/dz = -q u`:
+
+    .. math:: \frac{d\ell}{dx} = -s\, w\, \big(F(u)\, u - q \log q\; F'(u)\, u\big)
+
+    (``gamma = 0``: ``-s w u``, the BCE gradient), ``F'`` being the derivative autograd takes through
+    :func:`safe_pow` (see :func:`_focal_factor_and_slope`): the general formula's value and gradient to rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, y, w_pos, w_neg, gamma_pos, gamma_neg):
+        not_y = 1 - y
+        sign = y - not_y  # 2y - 1, exactly
+        z = logits * sign
+        log_q = F.logsigmoid(z)
+        u = torch.sigmoid(z.neg_())  # 1 - q, exact where q rounds to 1
+        factor, slope = _focal_factor_and_slope(u, gamma_pos)
+        if gamma_neg != gamma_pos:
+            factor_neg, slope_neg = _focal_factor_and_slope(u, gamma_neg)
+            factor, slope = _blend(y, not_y, factor, factor_neg), _blend(y, not_y, slope, slope_neg)
+        w = _blend(y, not_y, _channel_weight(w_pos, y), _channel_weight(w_neg, y))  # per-channel weights broadcast
+        value = _weighted_neg(w, log_q * factor if isinstance(factor, Tensor) else log_q.clone())  # -w F log q
+        if ctx.needs_input_grad[0]:
+            grad = u * factor  # F u - q log q F'u, then times -w and s, in place
+            if isinstance(slope, Tensor):
+                grad.sub_(u.neg_().add_(1).mul_(log_q).mul_(slope))  # u is no longer needed: q = 1 - u in place
+            ctx.save_for_backward(_weighted_neg(w, grad).mul_(sign))
+        return value
+
+    @staticmethod
+    @once_differentiable  # the gradient was computed without a graph: refuse double backward
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None, None
+
+
+def _weighted_neg(w: float | Tensor, terms: Tensor) -> Tensor:
+    """``-(w * terms)``, in place on ``terms`` (a tensor of ours)."""
+    if isinstance(w, Tensor):
+        return terms.mul_(w).neg_()
+    return terms.mul_(-w)
 
 
 def _channel_weight_tensor(w: float | Tensor, like: Tensor) -> Tensor:

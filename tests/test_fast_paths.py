@@ -211,7 +211,8 @@ def test_hard_categorical_focal_equals_the_general_formula(dtype, gammas, weight
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("gamma_pos,gamma_neg,w_pos,w_neg", [(2.0, 2.0, 0.5, 0.5), (0.0, 0.5, 0.6, 0.4),
-                                                             (3.0, 1.0, 1.0, 0.25), (0.5, 0.5, "per-channel", 1.0)])
+                                                             (3.0, 1.0, 1.0, 0.25), (0.5, 0.5, "per-channel", 1.0),
+                                                             (1.0, 1.0, 1.0, 1.0), (0.0, 0.0, 0.3, 0.7)])
 def test_hard_binary_focal_equals_the_general_formula(dtype, gamma_pos, gamma_neg, w_pos, w_neg):
     """Region (sigmoid) focal NLL on 0/1 maps: one log-sigmoid of where(y, x, -x) and one factor per voxel vs
     the two-sided formula, with +-1e4 logits."""
@@ -227,8 +228,7 @@ def test_hard_binary_focal_equals_the_general_formula(dtype, gamma_pos, gamma_ne
     for hard in (True, False):
         xx = x.clone().requires_grad_()
         if hard:
-            nll = Fn.binary_focal_nll_hard(F.logsigmoid(torch.where(positive, xx, -xx)), positive, wp, w_neg,
-                                           gamma_pos, gamma_neg)
+            nll = Fn.binary_focal_nll_hard(xx, y, wp, w_neg, gamma_pos, gamma_neg)
         else:
             nll = Fn.binary_focal_nll(F.logsigmoid(xx), F.logsigmoid(-xx), y, wp, w_neg, gamma_pos, gamma_neg)
         (nll * torch.linspace(0.5, 1.5, nll.numel(), dtype=dtype).view(nll.shape)).sum().backward()
@@ -238,3 +238,19 @@ def test_hard_binary_focal_equals_the_general_formula(dtype, gamma_pos, gamma_ne
     tol = 1e-6 if dtype == torch.float32 else 1e-14
     torch.testing.assert_close(v_hard, v_gen, rtol=tol, atol=tol)
     torch.testing.assert_close(g_hard, g_gen, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("gamma_pos,gamma_neg", [(2.0, 2.0), (0.0, 0.5), (0.5, 1.5)])
+def test_hard_binary_focal_gradcheck_and_once_differentiable(gamma_pos, gamma_neg):
+    """The hand-written gradient of the fused region focal NLL against finite differences (float64), and a
+    clear error rather than a wrong second derivative."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(x.shape, generator=g) > 0.5).to(x.dtype)
+    w_pos = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: Fn.binary_focal_nll_hard(z, y, w_pos, 0.4, gamma_pos, gamma_neg),
+                                    (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    (grad,) = torch.autograd.grad(Fn.binary_focal_nll_hard(x, y, 0.5, 0.5, 2.0, 2.0).sum(), x,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
