@@ -4,12 +4,20 @@ nnU-Net's networks return a list of outputs (full resolution first) and its data
 down-sampled targets. nnU-Net wraps its loss in ``DeepSupervisionWrapper(loss, weights)``, which raises a
 ``TypeError`` with its default ``weight_factors=None``; here every :class:`~nnunet_losses.segmentation_loss.SegmentationLoss`
 accepts a list directly, and ``None`` means nnU-Net's own weighting.
+
+Soft targets: nnU-Net down-samples label maps by nearest neighbour in its transforms
+(``DownsampleSegForDSTransform``) and hands the loss a list. A nearest-neighbour probability map would throw
+away the averaging that makes it a probability, so a soft target may instead be passed *once*, at full
+resolution, with the list of outputs: :func:`downsample_soft_target` averages it to each output's size. A list of
+soft targets (down-sampled by the caller) is used as it is.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -46,3 +54,23 @@ def deep_supervision_loss(loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: 
             term = w * loss_fn(out, tgt)
             total = term if total is None else total + term
     return total
+
+
+def downsample_soft_target(target: Tensor, spatial_shape: Sequence[int], has_ignore_channel: bool) -> Tensor:
+    """A soft target ``(B, K[+1], *spatial)`` averaged to ``spatial_shape`` (area interpolation = block means).
+
+    Without an ignore channel every channel is averaged: probabilities stay probabilities (a coarse voxel's class
+    probabilities are the mean over its fine voxels). With one (last channel, 1 = ignored) the classes are
+    averaged over the *valid* fine voxels only and the ignore channel becomes the ignored fraction, so that the
+    coarse voxel counts with the weight of its valid part (see :mod:`nnunet_losses.batch`).
+    """
+    if tuple(target.shape[2:]) == tuple(spatial_shape):
+        return target
+    size = tuple(int(s) for s in spatial_shape)
+    if not has_ignore_channel:
+        return F.interpolate(target, size=size, mode="area")
+    valid = 1 - target[:, -1:]
+    values = target[:, :-1].nan_to_num() * valid  # values under ignored voxels are not read
+    valid_mean = F.interpolate(valid, size=size, mode="area")
+    mean = F.interpolate(values, size=size, mode="area") / valid_mean.clamp_min(1e-12)
+    return torch.cat([mean, 1 - valid_mean], 1)

@@ -313,8 +313,8 @@ def overlap_stats(probs: Tensor, onehot: Tensor, mask: Optional[Tensor], gamma: 
     .. math:: TP = \sum_i p_i y_i,\quad FP = \sum_i (p_i (1-y_i))^\gamma,\quad FN = \sum_i ((1-p_i) y_i)^\gamma
 
     ``gamma`` is DSC++'s focal exponent (Yeung et al., Eq. 9); ``gamma = 1`` gives the ordinary soft statistics.
-    nnU-Net targets are hard (``y`` in {0, 1}), so ``(p (1-y))^gamma = p^gamma (1-y)``, which is what we evaluate
-    (one power per voxel instead of two products and a power).
+    ``onehot`` may be soft (probabilities in [0, 1]); ``mask`` is a voxel weight (1 valid, 0 ignored, fractional
+    after deep-supervision down-sampling of a soft target).
 
     ``hard=True`` is the caller's promise that ``onehot`` and ``mask`` hold only 0 and 1 (label maps, bool region
     maps). For ``gamma > 1`` the statistics then come from :class:`_HardPowerStats`, which returns the same
@@ -326,19 +326,19 @@ def overlap_stats(probs: Tensor, onehot: Tensor, mask: Optional[Tensor], gamma: 
     acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
     if hard and gamma > 1 and probs.dtype == acc:
         return _HardPowerStats.apply(probs, onehot, mask, float(gamma), acc)
-    if mask is not None:
-        onehot = onehot * mask
-    tp = (probs * onehot).sum(axes, dtype=acc)
+    y = onehot if mask is None else onehot * mask
+    tp = (probs * y).sum(axes, dtype=acc)
     if gamma == 1:
         # FP = sum p - TP, FN = sum y - TP: two plain sums instead of two more elementwise products
         p_sum = (probs * mask).sum(axes, dtype=acc) if mask is not None else probs.sum(axes, dtype=acc)
-        return tp, p_sum - tp, onehot.sum(axes, dtype=acc) - tp
-    fp_map = safe_pow(probs, gamma) * (1 - onehot)
+        return tp, p_sum - tp, y.sum(axes, dtype=acc) - tp
+    # Eq. 9 as written, (p (1-y))^gamma: for soft targets p^gamma (1-y) would be a different loss. The mask
+    # multiplies after the power: it is a voxel weight (fractional after deep-supervision down-sampling).
+    fp_map = safe_pow(probs * (1 - onehot), gamma)
+    fn_map = safe_pow((1 - probs) * onehot, gamma)
     if mask is not None:
-        fp_map = fp_map * mask
-    fp = fp_map.sum(axes, dtype=acc)
-    fn = (safe_pow(1 - probs, gamma) * onehot).sum(axes, dtype=acc)
-    return tp, fp, fn
+        fp_map, fn_map = fp_map * mask, fn_map * mask
+    return tp, fp_map.sum(axes, dtype=acc), fn_map.sum(axes, dtype=acc)
 
 
 class _HardPowerStats(torch.autograd.Function):

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from nnunet_losses.deep_supervision import deep_supervision_loss
+from nnunet_losses.deep_supervision import deep_supervision_loss, downsample_soft_target
 from nnunet_losses.batch import PreparedBatch, prepare_batch
 
 
@@ -54,7 +54,9 @@ class SegmentationLoss(nn.Module):
       contribute nothing;
     * deep supervision: if ``logits`` and ``target`` are lists (nnU-Net's deep supervision outputs), the result
       is ``sum_i w_i loss(logits[i], target[i])`` with ``deep_supervision_weights`` (``None`` = nnU-Net's
-      ``1/2**i`` weighting with the lowest resolution off).
+      ``1/2**i`` weighting with the lowest resolution off). A soft target may be one full-resolution tensor: it
+      is averaged to every output's size (:func:`~nnunet_losses.deep_supervision.downsample_soft_target`);
+    * soft targets (class probabilities, float region maps): see :mod:`nnunet_losses.batch`.
 
     Every constructor argument is keyword-only. A subclass names its own arguments and passes the rest on as
     ``**shared``; :func:`constructor_signature` (``help(cls)``, ``inspect.signature(cls)``) show the whole chain.
@@ -75,8 +77,15 @@ class SegmentationLoss(nn.Module):
 
     def forward(self, logits, target) -> Tensor:
         if isinstance(logits, (list, tuple)):
+            if isinstance(target, Tensor) and self._is_soft(target):  # one full-resolution soft target: averaged
+                target = [downsample_soft_target(target, out.shape[2:], self.ignore_label is not None)
+                          for out in logits]
             return deep_supervision_loss(self._single, logits, target, self.deep_supervision_weights)
         return self._single(logits, target)
+
+    def _is_soft(self, target: Tensor) -> bool:
+        """A float target that is not a one-channel label map: probabilities (labels) or float region maps."""
+        return target.is_floating_point() and (self.region_based or target.ndim < 2 or target.shape[1] > 1)
 
     def _single(self, logits: Tensor, target: Tensor) -> Tensor:
         return self.compute(prepare_batch(logits, target, self.region_based, self.ignore_label))

@@ -114,20 +114,25 @@ class Voxel:
 
 def valid_voxels(logits, target, region: bool, ignore_label: Optional[int]) -> List[List[Voxel]]:
     """For every sample, the list of its non-ignored voxels (ignored voxels are dropped, as in Berman's
-    ``flatten_probas(..., ignore)`` and as nnU-Net's masks do)."""
+    ``flatten_probas(..., ignore)`` and as nnU-Net's masks do).
+
+    Label mode takes a label map ``(B, 1, ...)`` or a soft target of class probabilities ``(B, C, ...)``; region
+    mode binary or soft region maps. With an ignore label a soft or region target has one more channel, the last,
+    1 = ignored."""
     logits = np.asarray(logits, dtype=np.float64)
     target = np.asarray(target)
     n_samples, n_channels = logits.shape[:2]
+    soft_labels = not region and target.shape[1] > 1
     out = []
     for b in range(n_samples):
         voxels = []
         for idx in np.ndindex(*logits.shape[2:]):
             z = [float(logits[(b, k) + idx]) for k in range(n_channels)]
-            if region:
+            if region or soft_labels:
                 if ignore_label is not None and target[(b, n_channels) + idx] == 1:
                     continue
                 y = [float(target[(b, k) + idx]) for k in range(n_channels)]
-                voxels.append(Voxel(z, [sigmoid(v) for v in z], y, None))
+                voxels.append(Voxel(z, [sigmoid(v) for v in z] if region else softmax(z), y, None))
             else:
                 t = int(target[(b, 0) + idx])
                 if ignore_label is not None and t == ignore_label:
@@ -154,7 +159,11 @@ def mean(values: Sequence[float]) -> float:
 # distribution-based losses: CE, weighted CE, Focal
 # ----------------------------------------------------------------------------------------------------------------
 def _voxel_mean(logits, target, region, ignore_label, label_term, region_term) -> float:
-    """Mean of per-voxel terms over valid voxels (labels) or valid (voxel, region) pairs (regions); 0 if none."""
+    """Mean of per-voxel terms over valid voxels (labels) or valid (voxel, region) pairs (regions); 0 if none.
+
+    ``label_term(p, c)`` is the term of class c's log-likelihood, weighted by y_c and summed over the classes
+    (one term for a one-hot y; the expectation over the reference for a soft y, as torch's cross_entropy with
+    probabilities)."""
     total, count = 0.0, 0
     for voxels in valid_voxels(logits, target, region, ignore_label):
         for v in voxels:
@@ -163,16 +172,21 @@ def _voxel_mean(logits, target, region, ignore_label, label_term, region_term) -
                     total += region_term(v.p[r], v.y[r], r)
                     count += 1
             else:
-                total += label_term(v.p, v.t)
+                total += sum(y_c * label_term(v.p, c) for c, y_c in enumerate(v.y) if y_c != 0)
                 count += 1
     return total / count if count else 0.0
+
+
+def xlogy(y: float, p: float) -> float:
+    """y log p with 0 log 0 = 0 (a soft region target can be exactly 0 or 1 where p underflows)."""
+    return 0.0 if y == 0 else y * math.log(p)
 
 
 def ref_ce(logits, target, region=False, ignore_label=None) -> float:
     """[DSC++] Eq. 1: -1/N sum_i sum_c y_ic log p_ic; regions: binary CE averaged over voxels and regions."""
     return _voxel_mean(logits, target, region, ignore_label,
                        lambda p, t: -math.log(p[t]),
-                       lambda p, y, r: -(y * math.log(p) + (1 - y) * math.log(1 - p)))
+                       lambda p, y, r: -(xlogy(y, p) + xlogy(1 - y, 1 - p)))
 
 
 def ref_wce(logits, target, class_priors, region=False, ignore_label=None) -> float:
@@ -185,8 +199,7 @@ def ref_wce(logits, target, class_priors, region=False, ignore_label=None) -> fl
     n = len(pri)
     return _voxel_mean(logits, target, region, ignore_label,
                        lambda p, t: -math.log(p[t]) / (n * pri[t]),
-                       lambda p, y, r: -(y * math.log(p) / (2 * pri[r])
-                                         + (1 - y) * math.log(1 - p) / (2 - 2 * pri[r])))
+                       lambda p, y, r: -(xlogy(y, p) / (2 * pri[r]) + xlogy(1 - y, 1 - p) / (2 - 2 * pri[r])))
 
 
 def ref_focal(logits, target, region=False, ignore_label=None, alpha: Optional[float] = 0.5,
@@ -201,7 +214,7 @@ def ref_focal(logits, target, region=False, ignore_label=None, alpha: Optional[f
         return -(a_bg if t == 0 else a_fg) * (1 - p[t]) ** gamma * math.log(p[t])
 
     def region_term(p, y, r):
-        return -(a_fg * y * (1 - p) ** gamma * math.log(p) + a_bg * (1 - y) * p ** gamma * math.log(1 - p))
+        return -(a_fg * (1 - p) ** gamma * xlogy(y, p) + a_bg * p ** gamma * xlogy(1 - y, 1 - p))
 
     return _voxel_mean(logits, target, region, ignore_label, label_term, region_term)
 
@@ -320,7 +333,7 @@ def ref_combo(logits, target, region=False, ignore_label=None, batch_dice=False,
         for v in voxels:
             for c in channels:
                 p, y = v.p[c], v.y[c]
-                total += -(beta * y * math.log(p) + (1 - beta) * (1 - y) * math.log(1 - p))
+                total += -(beta * xlogy(y, p) + (1 - beta) * xlogy(1 - y, 1 - p))
                 count += 1
     mce = total / count if count else 0.0
     groups = ref_stats(logits, target, region, ignore_label, channels, batch_dice, gamma_pp)
@@ -355,10 +368,10 @@ def ref_unified_focal(logits, target, region=False, ignore_label=None, batch_dic
             return -(1 - delta) * (1 - p[0]) ** gamma * math.log(p[0])
         return -delta * (1 - p[t]) ** fg_gamma * math.log(p[t])
 
-    def region_term(p, y, r):
-        if y == 1:
-            return -delta * (1 - p) ** fg_gamma * math.log(p)
-        return -(1 - delta) * p ** gamma * math.log(1 - p)  # background probability 1 - p: (1 - (1-p))^gamma
+    def region_term(p, y, r):  # y = 1 like a foreground voxel, y = 0 like background (probability 1 - p); a soft
+        # y weights the two
+        return (-delta * (1 - p) ** fg_gamma * xlogy(y, p)
+                - (1 - delta) * p ** gamma * xlogy(1 - y, 1 - p))  # (1 - (1-p))^gamma
 
     focal = _voxel_mean(logits, target, region, ignore_label, label_term, region_term)
     channels = selected_channels(region, n_channels, do_bg)
