@@ -341,6 +341,23 @@ def overlap_stats(probs: Tensor, onehot: Tensor, mask: Optional[Tensor], gamma: 
     return tp, fp_map.sum(axes, dtype=acc), fn_map.sum(axes, dtype=acc)
 
 
+def metric_overlap_stats(probs: Tensor, onehot: Tensor, mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""TP, FP, FN from the L1 intersection of Wang et al. 2023 (Dice semimetric / Jaccard metric losses).
+
+    .. math:: I = \tfrac12(\|p\|_1 + \|y\|_1 - \|p - y\|_1),\quad FP = \|p\|_1 - I,\quad FN = \|y\|_1 - I
+
+    per sample and channel over the (weighted) voxels. For hard y, ``I = sum p y`` (the soft statistics); for soft
+    y, ``I = sum min(p, y)``, so FP = FN = 0 exactly at ``p = y`` and every score built on them is maximal there.
+    """
+    axes = tuple(range(2, probs.ndim))
+    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    if mask is not None:  # |p m - y m| = |p - y| m for a weight m >= 0
+        probs, onehot = probs * mask, onehot * mask
+    p_norm, y_norm = probs.sum(axes, dtype=acc), onehot.sum(axes, dtype=acc)
+    intersection = (p_norm + y_norm - (probs - onehot).abs().sum(axes, dtype=acc)) / 2
+    return intersection, p_norm - intersection, y_norm - intersection
+
+
 class _HardPowerStats(torch.autograd.Function):
     """:func:`overlap_stats` for hard targets (``onehot``, ``mask`` in {0, 1}) and ``gamma > 1``, fused.
 

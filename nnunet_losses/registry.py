@@ -13,9 +13,9 @@ from types import MappingProxyType
 from typing import Dict, List, Mapping, Type
 
 from nnunet_losses.segmentation_loss import SegmentationLoss
-from nnunet_losses.losses import (ComboLoss, CrossEntropyLoss, DiceCELoss, DSCppLoss, FocalLoss, FocalTverskyLoss,
-                                  LovaszLoss, SoftDiceLoss, SoftJaccardLoss, TverskyLoss, UnifiedFocalLoss,
-                                  WeightedCrossEntropyLoss)
+from nnunet_losses.losses import (ComboLoss, CrossEntropyLoss, DiceCELoss, DiceMetricLoss, DSCppLoss, FocalLoss,
+                                  FocalTverskyLoss, JaccardMetricLoss, LovaszLoss, MetricTverskyLoss, SoftDiceLoss,
+                                  SoftJaccardLoss, TverskyLoss, UnifiedFocalLoss, WeightedCrossEntropyLoss)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ LOSSES: Dict[str, LossSpec] = {
     "unified_focal_pp": _entry(UnifiedFocalLoss, "Yeung et al. 2022 (Unified Focal++)", "UnifiedFocalPP",
                                gamma_pp=2.0),
     "dice_ce": _entry(DiceCELoss, "Isensee et al. 2021 (nnU-Net default)", "DiceCE"),
+    "dml": _entry(DiceMetricLoss, "Wang et al. 2023 (Dice semimetric loss)", "DML"),
+    "jml": _entry(JaccardMetricLoss, "Wang et al. 2023 (Jaccard metric loss)", "JML"),
+    "metric_tversky": _entry(MetricTverskyLoss, "Wang et al. 2023 (JDTLoss, Tversky form)", "MetricTversky"),
 }
 
 

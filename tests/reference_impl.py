@@ -402,6 +402,52 @@ def ref_dice_ce(logits, target, region=False, ignore_label=None, batch_dice=Fals
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# [JDT] Wang, Popordanoska, Bertels, Lemmens, Blaschko 2023: Dice semimetric / Jaccard metric losses
+# ----------------------------------------------------------------------------------------------------------------
+def metric_norms(logits, target, region, ignore_label, batch_dice, do_bg):
+    """Per sample (or for the batch) and channel: (|x|_1, |y|_1, |x - y|_1) over the valid voxels."""
+    channels = selected_channels(region, np.asarray(logits).shape[1], do_bg)
+    groups = []
+    for voxels in valid_voxels(logits, target, region, ignore_label):
+        groups.append({c: (sum(v.p[c] for v in voxels), sum(v.y[c] for v in voxels),
+                           sum(abs(v.p[c] - v.y[c]) for v in voxels)) for c in channels})
+    if batch_dice:
+        groups = [{c: tuple(sum(g[c][k] for g in groups) for k in range(3)) for c in channels}]
+    return groups
+
+
+def ref_metric_tversky(logits, target, region=False, ignore_label=None, batch_dice=False, do_bg=False,
+                       smooth=SMOOTH, alpha=0.3, beta=0.7) -> float:
+    """[JDT]: I = (|x|_1 + |y|_1 - |x - y|_1) / 2; 1 - (I + s) / (I + alpha (|x|_1 - I) + beta (|y|_1 - I) + s).
+    CONVENTION: mean over samples (unless batch dice) and channels, nnU-Net's smooth, as the other overlap losses."""
+    scores = []
+    for g in metric_norms(logits, target, region, ignore_label, batch_dice, do_bg):
+        for x1, y1, d1 in g.values():
+            inter = (x1 + y1 - d1) / 2
+            scores.append((inter + smooth) / (inter + alpha * (x1 - inter) + beta * (y1 - inter) + smooth))
+    return 1 - mean(scores)
+
+
+def ref_dml(logits, target, region=False, ignore_label=None, batch_dice=False, do_bg=False, smooth=SMOOTH) -> float:
+    """[JDT] Dice semimetric loss: 1 - (2I + s) / (|x|_1 + |y|_1 + s)."""
+    scores = []
+    for g in metric_norms(logits, target, region, ignore_label, batch_dice, do_bg):
+        for x1, y1, d1 in g.values():
+            scores.append((x1 + y1 - d1 + smooth) / (x1 + y1 + smooth))
+    return 1 - mean(scores)
+
+
+def ref_jml(logits, target, region=False, ignore_label=None, batch_dice=False, do_bg=False, smooth=SMOOTH) -> float:
+    """[JDT] Jaccard metric loss: 1 - (I + s) / (|x|_1 + |y|_1 - I + s)."""
+    scores = []
+    for g in metric_norms(logits, target, region, ignore_label, batch_dice, do_bg):
+        for x1, y1, d1 in g.values():
+            inter = (x1 + y1 - d1) / 2
+            scores.append((inter + smooth) / (x1 + y1 - inter + smooth))
+    return 1 - mean(scores)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Lovász (Berman et al. 2018), original non-vectorised algorithm
 # ----------------------------------------------------------------------------------------------------------------
 def lovasz_grad(gt_sorted: Sequence[float]) -> List[float]:
@@ -509,5 +555,5 @@ REFERENCES = {
     "lovasz": ref_lovasz, "dscpp": ref_dscpp, "tversky": ref_tversky, "focal_tversky": ref_focal_tversky,
     "combo": ref_combo, "unified_focal": ref_unified_focal, "tversky_pp": ref_tversky_pp,
     "focal_tversky_pp": ref_focal_tversky_pp, "combo_pp": ref_combo_pp, "unified_focal_pp": ref_unified_focal_pp,
-    "dice_ce": ref_dice_ce,
+    "dice_ce": ref_dice_ce, "dml": ref_dml, "jml": ref_jml, "metric_tversky": ref_metric_tversky,
 }

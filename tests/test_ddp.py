@@ -132,7 +132,7 @@ CASES = cases()
 def test_every_batch_dice_loss_is_covered():
     assert set(BATCH_DICE_LOSSES) == {"softdice", "softjaccard", "lovasz", "dscpp", "tversky", "focal_tversky",
                                       "combo", "unified_focal", "tversky_pp", "focal_tversky_pp", "combo_pp",
-                                      "unified_focal_pp", "dice_ce"}
+                                      "unified_focal_pp", "dice_ce", "dml", "jml", "metric_tversky"}
 
 
 @pytest.mark.parametrize("cid,name,region,kwargs", CASES, ids=[c[0] for c in CASES])

@@ -39,7 +39,6 @@ def extra_kwargs(name, region, n_ch):
 
 def test_every_registered_loss_has_a_reference():
     assert set(ALL) == set(ref.REFERENCES), "add a reference (tests/reference_impl.py) for every new loss"
-    assert len(ALL) == 16
 
 
 @pytest.mark.parametrize("with_ignore", [False, True], ids=["all", "ignore"])

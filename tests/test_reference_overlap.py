@@ -47,6 +47,8 @@ OVERLAP_CASES = [
     ("unified_focal", {"gamma": 0.0}),
     ("unified_focal_pp", {}), ("unified_focal_pp", {"asymmetric": False, "gamma_pp": 3.0, "delta": 0.3}),
     ("dice_ce", {}), ("dice_ce", {"weight_ce": 0.3, "weight_dice": 2.0, "smooth": 1.0}),
+    ("dml", {}), ("dml", {"smooth": 1.0}), ("jml", {}), ("jml", {"smooth": 0.0}),
+    ("metric_tversky", {}), ("metric_tversky", {"alpha": 0.8, "beta": 0.2, "smooth": 1.0}),
 ]
 
 
@@ -142,6 +144,10 @@ IDENTITIES = [
     ("combo", {"alpha": 0.0}, "softdice", {}),
     # dice_ce without its CE term is the soft Dice loss
     ("dice_ce", {"weight_ce": 0.0}, "softdice", {}),
+    # on hard targets the metric losses (Wang et al. 2023) are soft Dice / Jaccard / Tversky, values and gradients
+    ("dml", {}, "softdice", {}), ("dml", {"smooth": 1.0}, "softdice", {"smooth": 1.0}),
+    ("jml", {}, "softjaccard", {}), ("metric_tversky", {"alpha": 1.0, "beta": 1.0}, "jml", {}),
+    ("metric_tversky", {"alpha": 0.8, "beta": 0.2}, "tversky", {"alpha": 0.8, "beta": 0.2}),
 ]
 
 

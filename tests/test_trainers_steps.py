@@ -46,7 +46,8 @@ def test_catalogue():
     required |= {f"nnUNetTrainer_{a}_{l}" for a in ("LR", "ConvNet", "UNet") for l in ("CE", "SoftDice")}
     required |= {"nnUNetTrainer_SoftDice_finetune"}
     assert required <= names
-    assert len(names) == 16 + 8 + 3 * 16 + 16 + len(T.SOFT_TRAINERS)
+    n_losses = len(__import__("nnunet_losses").available_losses())  # one trainer per loss, x 3 networks, finetune
+    assert len(names) == n_losses + 8 + 3 * n_losses + n_losses + len(T.SOFT_TRAINERS)
     assert sorted(T.__all__) == sorted(names)
     for name, cls in T.TRAINERS.items():
         assert cls.__name__ == name and issubclass(cls, nnUNetTrainer)

@@ -6,7 +6,9 @@ The ++ forms (Tversky++, Focal Tversky++, Combo++, Unified Focal++) are not clas
 from nnunet_losses.losses.pixelwise import CrossEntropyLoss, WeightedCrossEntropyLoss, FocalLoss
 from nnunet_losses.losses.overlap import SoftDiceLoss, SoftJaccardLoss, DSCppLoss, TverskyLoss, FocalTverskyLoss
 from nnunet_losses.losses.lovasz import LovaszLoss
+from nnunet_losses.losses.metric import DiceMetricLoss, JaccardMetricLoss, MetricTverskyLoss
 from nnunet_losses.losses.compound import DiceCELoss, ComboLoss, UnifiedFocalLoss
 
 __all__ = ["CrossEntropyLoss", "WeightedCrossEntropyLoss", "FocalLoss", "SoftDiceLoss", "SoftJaccardLoss",
-           "DSCppLoss", "TverskyLoss", "FocalTverskyLoss", "LovaszLoss", "DiceCELoss", "ComboLoss", "UnifiedFocalLoss"]
+           "DSCppLoss", "TverskyLoss", "FocalTverskyLoss", "LovaszLoss", "DiceCELoss", "ComboLoss", "UnifiedFocalLoss",
+           "DiceMetricLoss", "JaccardMetricLoss", "MetricTverskyLoss"]

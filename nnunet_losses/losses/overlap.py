@@ -31,6 +31,8 @@ class OverlapLoss(SegmentationLoss):
     default_do_bg = False
     #: the constructor argument holding DSC++'s FP/FN exponent (Eq. 9), or None for the plain sums (exponent 1)
     fp_fn_exponent_arg: Optional[str] = None
+    #: statistics from the L1 intersection of Wang et al. 2023 (:func:`~nnunet_losses.functional.metric_overlap_stats`)
+    metric_intersection = False
 
     def __init__(self, *, batch_dice: bool = False, do_bg: Optional[bool] = None, smooth: float = 1e-5,
                  ddp: bool = False, **shared):
@@ -48,8 +50,11 @@ class OverlapLoss(SegmentationLoss):
     def stats(self, batch: PreparedBatch) -> Tuple[Tensor, Tensor, Tensor]:
         """Reduced (TP, FP, FN) of the selected channels, shape ``(K,)`` (batch dice) or ``(B, K)``."""
         c0 = batch.first_channel(self.do_bg)
-        stats = Fn.overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask, self.fp_fn_exponent,
-                                 hard=batch.hard)
+        if self.metric_intersection:
+            stats = Fn.metric_overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask)
+        else:
+            stats = Fn.overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask, self.fp_fn_exponent,
+                                     hard=batch.hard)
         return Fn.reduce_stats(stats, self.batch_dice, self.ddp)
 
     def dice_loss(self, batch: PreparedBatch) -> Tensor:
