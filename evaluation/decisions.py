@@ -1,0 +1,312 @@
+"""Decision rules other than nnU-Net's argmax: which voxels of a class to keep, from its probabilities alone.
+
+For one class (one-vs-rest on its channel ``p``; for regions the region's channel) and the ``N`` valid voxels of
+one case, with ``P = sum p`` and ``psi`` the probabilities sorted in descending order:
+
+* ``dice_optimal`` -- Nordstrom et al., "marginal thresholding": ``D* = max_{k>=1} 2 sum_{i<=k} psi_i / (P + k)``
+  (the expected Dice of the top-k mask under the voxel-independent model the probabilities describe); keep the
+  voxels with ``p >= D*/2``, i.e. the largest maximising ``k`` (ties included). ``P = 0`` gives ``D* = 0``: the
+  empty mask (not "every voxel", which ``p >= 0`` would say).
+* ``rankseg_rma`` -- RankSEG-RMA (Wang & Dai, NeurIPS 2025; PyPI ``rankseg``, ``rankseg_rma(metric="dice",
+  smooth=0, output_mode="multilabel", pruning_prob=0.5)``): the top ``tau`` voxels, ``tau`` the smallest maximiser
+  over ``{0..N}`` of ``2 sum_{i<=tau} psi_i / (P + 1 + tau)`` (``tau = 0`` scores 0), and the empty mask when
+  ``max p <= 0.5`` (the package's pruning).
+* ``volume_matched`` -- the top ``k = floor(P + 1/2)`` voxels, so the hard volume is the soft (expected) volume to
+  within half a voxel.
+
+Ties: a top-k cut inside a run of equal probabilities keeps the voxels that come first in C order (flat index),
+so a rule's mask is reproducible, and the same function (:func:`rule_masks`) writes the exported label maps.
+
+Both ratio objectives ``h(k) = 2 S_k / (a + k)`` (``a = P`` or ``P + 1``) are unimodal in ``k``: adding the next
+voxel raises ``h`` iff ``2 psi_{k+1} > h(k)``, and once it does not, ``h(k+1)`` is a weighted mean of ``h(k)`` and
+``2 psi_{k+1}``, so it stays above every later ``2 psi``. That makes an exact answer cheap without sorting the case.
+
+Exact cuts without sorting the case
+-----------------------------------
+The evaluation's streamed pass already builds, per channel, a histogram on the fine grid of :mod:`.accumulate`
+(fine bin ``j = ceil(p * R)``; counts of reference positives and negatives, sums of ``p``). From it the count
+``K_b``, positives and ``S_b`` of every threshold set "fine bin >= b" are exact. Each rule is evaluated at those
+``R + 2`` boundaries, which locates its optimum between two neighbouring boundaries (unimodality for the ratio
+rules; ``K_b`` brackets ``k`` for the volume rule). Only the voxels in that bracket -- a few fine bins, picked from
+the case's array, which is in memory anyway while it is evaluated (the npz is never read again) -- are sorted in
+float64, so the cut is exactly the one a full sort gives (tests compare with a full sort and with brute force over
+all masks). The cost is one comparison pass over the channel and a sort of the bracket, not a sort of ``N``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+#: the rules computed voxel-wise per case (the threshold rules come from the sweep, see :mod:`.decision_summary`)
+VOXEL_RULES = ("dice_optimal", "rankseg_rma", "volume_matched")
+#: fine grid used when no histogram of the streamed pass is given (any resolution is exact)
+DEFAULT_RESOLUTION = 60
+
+
+@dataclass(frozen=True)
+class FineHistogram:
+    """One channel on the fine grid: ``count[y, j]`` voxels with reference ``y`` in fine bin ``j``, ``psum[j]`` the
+    sum of their ``p`` (``j = 0`` holds ``p == 0``, ``j >= 1`` holds ``(j-1)/R < p <= j/R``)."""
+    count: np.ndarray   # (2, R + 1) int64
+    psum: np.ndarray    # (R + 1,) float64
+    resolution: int
+
+    @classmethod
+    def of(cls, p: np.ndarray, positive: np.ndarray, resolution: int = DEFAULT_RESOLUTION) -> "FineHistogram":
+        """The histogram of flat valid voxels (``p`` clipped to [0, 1]) -- what the streamed pass accumulates."""
+        t = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * resolution
+        j = np.ceil(t).astype(np.intp)
+        r1 = resolution + 1
+        idx = j + r1 * np.asarray(positive, dtype=np.intp)
+        count = np.bincount(idx, minlength=2 * r1).reshape(2, r1).astype(np.int64)
+        psum = np.bincount(j, weights=t, minlength=r1) / resolution
+        return cls(count, psum, resolution)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A rule's mask: the ``n_selected`` largest ``p`` (ties by flat index), of which ``tp`` are reference
+    positives; ``value`` is the smallest kept ``p`` and ``n_at_value`` how many voxels with exactly that ``p`` are
+    kept (the first ones in C order); ``value`` is NaN for the empty mask."""
+    n_selected: int
+    tp: int
+    value: float
+    n_at_value: int
+
+
+EMPTY = Cut(0, 0, math.nan, 0)
+
+
+class _Boundaries:
+    """Counts above every fine-bin boundary ``b = 0..R+1``: voxels in fine bins ``>= b``."""
+
+    def __init__(self, hist: FineHistogram):
+        n_all = hist.count.sum(0)
+        self.k = np.concatenate([np.cumsum(n_all[::-1])[::-1], [0]]).astype(np.int64)
+        self.tp = np.concatenate([np.cumsum(hist.count[1, ::-1])[::-1], [0]]).astype(np.int64)
+        self.s = np.concatenate([np.cumsum(hist.psum[::-1])[::-1], [0.0]])
+        self.total = float(hist.psum.sum())
+        self.n = int(self.k[0])
+        self.resolution = hist.resolution
+
+    def ratio_bracket(self, offset: float) -> Tuple[int, int]:
+        """Boundaries ``(b_lo, b_hi)`` between which ``argmax_k 2 S_k / (offset + k)`` lies (unimodality)."""
+        ok = self.k > 0
+        h = np.full(self.k.shape, -np.inf)
+        h[ok] = 2.0 * self.s[ok] / (offset + self.k[ok])
+        best = np.flatnonzero(h == h.max())
+        return max(int(best[0]) - 1, 0), min(int(best[-1]) + 1, len(self.k) - 1)
+
+    def count_bracket(self, k: int) -> Tuple[int, int]:
+        """Boundaries with ``K_{b_hi} <= k <= K_{b_lo}``."""
+        b_hi = int(np.flatnonzero(self.k <= k)[0])
+        return max(b_hi - 1, 0), b_hi
+
+
+def _candidates(p: np.ndarray, valid: Optional[np.ndarray], bounds: _Boundaries, b_lo: int, b_hi: int):
+    """Flat indices of the valid voxels in fine bins ``b_lo .. b_hi - 1``, in index order (exact bin test)."""
+    R = bounds.resolution
+    expected = int(bounds.k[b_lo] - bounds.k[b_hi])
+    if expected == 0:
+        return np.empty(0, dtype=np.intp)
+
+    def select(q):
+        m = np.ones(q.shape, dtype=bool) if valid is None else valid.copy()
+        if b_lo > 0:
+            m &= q > (b_lo - 1)
+        if b_hi <= R:
+            m &= q <= (b_hi - 1)
+        return np.flatnonzero(m)
+
+    # p * R is exact in float64 for float16/32 probabilities; the comparison with (b-1)/R avoids the product
+    # pass, and is exact for them too (such p cannot fall between j/R and its float64 rounding); float64 input,
+    # or a count that disagrees with the histogram, takes the product (the histogram's own test)
+    if p.dtype != np.float64:
+        idx = np.flatnonzero(_mask_scaled(p, valid, b_lo, b_hi, R))
+        if idx.size == expected:
+            return idx
+    idx = select(np.asarray(p, dtype=np.float64) * R)
+    if idx.size != expected:
+        raise ValueError(f"fine histogram does not describe these probabilities ({idx.size} voxels in the bracket, "
+                         f"the histogram says {expected}); pass the histogram of the same voxels")
+    return idx
+
+
+def _mask_scaled(p, valid, b_lo, b_hi, R):
+    m = np.ones(p.shape, dtype=bool) if valid is None else valid.copy()
+    if b_lo > 0:
+        m &= p > (b_lo - 1) / R
+    if b_hi <= R:
+        m &= p <= (b_hi - 1) / R
+    return m
+
+
+def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray] = None,
+                 hist: Optional[FineHistogram] = None, rules=VOXEL_RULES) -> Dict[str, Cut]:
+    """The cut of each rule (see module doc) for one channel of one case.
+
+    ``p``: flat probabilities; ``positive``: flat boolean reference of the class; ``valid``: flat boolean mask of
+    the non-ignored voxels (None: all); ``hist``: the channel's :class:`FineHistogram` over the valid voxels
+    (from the streamed pass; computed here when None).
+    """
+    p = np.asarray(p).reshape(-1)
+    positive = np.asarray(positive, dtype=bool).reshape(-1)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool).reshape(-1)
+    if hist is None:
+        hist = FineHistogram.of(p if valid is None else p[valid], positive if valid is None else positive[valid])
+    bounds = _Boundaries(hist)
+    P = bounds.total
+    if bounds.n == 0:
+        return {r: EMPTY for r in rules}
+    brackets = {}
+    for r in rules:
+        if r == "dice_optimal":
+            brackets[r] = bounds.ratio_bracket(P) if P > 0 else None
+        elif r == "rankseg_rma":
+            brackets[r] = bounds.ratio_bracket(P + 1.0) if _max_above_half(p, valid, bounds) else None
+        elif r == "volume_matched":
+            brackets[r] = bounds.count_bracket(int(math.floor(P + 0.5)))
+        else:
+            raise ValueError(f"unknown decision rule {r!r}; known: {list(VOXEL_RULES)}")
+    used = [b for b in brackets.values() if b is not None]
+    if not used:
+        return {r: EMPTY for r in rules}
+    # one extraction for all rules: the union of their brackets
+    b_lo, b_hi = min(b[0] for b in used), max(b[1] for b in used)
+    idx = _candidates(p, valid, bounds, b_lo, b_hi)
+    vals = np.clip(p[idx].astype(np.float64), 0.0, 1.0)
+    order = np.argsort(-vals, kind="stable")  # descending, ties in flat-index order
+    vals, pos = vals[order], positive[idx[order]]
+    base_k, base_tp, base_s = int(bounds.k[b_hi]), int(bounds.tp[b_hi]), float(bounds.s[b_hi])
+    # k = base_k + i for i = 0..len(vals): prefix sums with the voxels above the bracket
+    ks = base_k + np.arange(len(vals) + 1)
+    sums = base_s + np.concatenate([[0.0], np.cumsum(vals)])
+    tps = base_tp + np.concatenate([[0], np.cumsum(pos)])
+    out = {}
+    for r in rules:
+        if brackets[r] is None:
+            out[r] = EMPTY
+            continue
+        if r == "volume_matched":
+            i = int(math.floor(P + 0.5)) - base_k
+        else:
+            offset = P if r == "dice_optimal" else P + 1.0
+            h = np.where(ks > 0, 2.0 * sums / (offset + ks), 0.0)
+            top = np.flatnonzero(h == h.max())
+            i = int(top[-1] if r == "dice_optimal" else top[0])
+            if r == "dice_optimal":  # p >= D*/2 keeps every voxel equal to the last one kept
+                while 0 < i < len(vals) and vals[i] == vals[i - 1]:
+                    i += 1
+        out[r] = _cut_at(i, ks, tps, vals, b_hi, p, valid, bounds.resolution)
+    return out
+
+
+def _max_above_half(p, valid, bounds: _Boundaries) -> bool:
+    """``max p > 0.5`` (RankSEG's pruning), from the histogram when 0.5 is a fine-grid boundary."""
+    R = bounds.resolution
+    if R % 2 == 0:
+        return bool(bounds.k[R // 2 + 1] > 0)
+    q = p if valid is None else p[valid]
+    return bool(q.size and float(np.max(q)) > 0.5)
+
+
+def _cut_at(i: int, ks, tps, vals, b_hi: int, p, valid, resolution: int) -> Cut:
+    k = int(ks[i])
+    if k == 0:
+        return EMPTY
+    if i > 0:
+        v = float(vals[i - 1])
+        # voxels above the bracket never share v: the bracket ends at a fine-bin boundary
+        return Cut(k, int(tps[i]), v, int(np.count_nonzero(vals[:i] == v)))
+    # the cut is exactly the top of the bracket (rare: a boundary is optimal): the smallest kept p is the minimum
+    # over the fine bins >= b_hi, found with one more pass
+    q = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    keep = np.asarray(p, dtype=np.float64) * resolution > b_hi - 1
+    if valid is not None:
+        keep &= valid
+    above = q[keep]
+    v = float(above.min())
+    return Cut(k, int(tps[i]), v, int(np.count_nonzero(above == v)))
+
+
+def cut_mask(p: np.ndarray, cut: Cut) -> np.ndarray:
+    """Boolean mask of a cut on the same (flat or shaped) probabilities it was computed from."""
+    if cut.n_selected == 0:
+        return np.zeros(np.shape(p), dtype=bool)
+    q = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    mask = q > cut.value
+    eq = np.flatnonzero((q == cut.value).reshape(-1))
+    flat = mask.reshape(-1)
+    flat[eq[:cut.n_at_value]] = True
+    return mask
+
+
+def decision_metrics(cut_or_counts, n_ref: int, voxel_volume: float) -> dict:
+    """Dice, IoU, volumes of a mask with ``n_pred`` voxels of which ``tp`` are positives (Dice/IoU NaN when the
+    mask and the reference are both empty, nnU-Net's convention)."""
+    if isinstance(cut_or_counts, Cut):
+        n_pred, tp = cut_or_counts.n_selected, cut_or_counts.tp
+    else:
+        n_pred, tp = cut_or_counts
+    n_pred, tp, n_ref = int(n_pred), int(tp), int(n_ref)
+    den = n_pred + n_ref
+    dice = 2.0 * tp / den if den else math.nan
+    iou = tp / (den - tp) if den else math.nan
+    return {"Dice": dice, "IoU": iou, "n_pred": n_pred, "TP": tp, "V_pred": n_pred * voxel_volume,
+            "dV": (n_pred - n_ref) * voxel_volume, "abs_dV": abs(n_pred - n_ref) * voxel_volume}
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# whole cases: one-vs-rest per class, label maps
+# -----------------------------------------------------------------------------------------------------------------
+def class_positives(reference_flat: np.ndarray, spec, cls) -> np.ndarray:
+    """Reference voxels of a class (label model: ``y == c``) or region (``y`` in the region's labels)."""
+    return spec.membership(cls)[reference_flat]
+
+
+def case_cuts(probabilities: np.ndarray, reference: Optional[np.ndarray], spec,
+              hists: Optional[Dict[int, FineHistogram]] = None, rules=VOXEL_RULES) -> Dict[str, Dict[str, Cut]]:
+    """``{class key: {rule: Cut}}`` for one case (``probabilities`` ``(C, *shape)``; ``reference`` the label map,
+    or None when there is none -- then ``tp`` is 0 and only the masks mean something). Ignore-label voxels are
+    left out of every rule. ``hists``: the streamed pass's fine histograms per channel (computed when None)."""
+    C = spec.n_channels
+    P = probabilities.reshape(C, -1)
+    if reference is None:
+        Y, valid = None, None
+    else:
+        Y = np.asarray(reference).reshape(-1)
+        valid = None if spec.ignore_label is None else Y != spec.ignore_label
+        if valid is not None and valid.all():
+            valid = None
+    out = {}
+    for key, cls, ch in zip(spec.keys, spec.classes, spec.class_channels):
+        pos = np.zeros(P.shape[1], dtype=bool) if Y is None else class_positives(Y, spec, cls)
+        out[key] = channel_cuts(P[ch], pos, valid, None if hists is None else hists.get(ch), rules)
+    return out
+
+
+def rule_label_map(probabilities: np.ndarray, spec, rule: str) -> np.ndarray:
+    """Label map of a voxel rule, each class's mask made one-vs-rest on its channel, then combined.
+
+    Conflict rule (documented in docs/evaluation.md): label models -- a voxel kept by several classes gets the
+    one with the largest ``p_c`` (ties: the lower label), a voxel kept by none is background; regions --
+    ``seg[mask_i] = regions_class_order[i]`` in channel order, nnU-Net's own way of writing overlapping regions.
+    """
+    cuts = case_cuts(probabilities, None, spec, rules=(rule,))
+    dtype = np.uint8 if spec.max_label < 255 else np.uint16
+    seg = np.zeros(probabilities.shape[1:], dtype=dtype)
+    if spec.has_regions:
+        for key, ch, c in zip(spec.keys, spec.class_channels, spec.regions_class_order):
+            seg[cut_mask(probabilities[ch], cuts[key][rule])] = c
+        return seg
+    best = np.full(probabilities.shape[1:], -1.0)
+    for key, cls, ch in zip(spec.keys, spec.classes, spec.class_channels):
+        p = probabilities[ch]
+        win = cut_mask(p, cuts[key][rule]) & (p > best)
+        seg[win] = cls
+        best[win] = p[win]
+    return seg
