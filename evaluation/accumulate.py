@@ -92,6 +92,8 @@ class CaseStats:
     top_reliability: Optional[np.ndarray]  # (B, 3) top-label confidence: count, sum conf, sum correct (labels)
     sweep: np.ndarray                 # (C, nT, 2) voxels with p > T: positives, negatives
     n_clipped: int = 0                # voxels whose p was outside [0, 1] by less than the tolerance
+    fine_count: Optional[np.ndarray] = None  # (C, 2, R+1) voxels per (reference y, fine bin): decision rules
+    fine_psum: Optional[np.ndarray] = None   # (C, R+1) sum of p per fine bin
 
     def as_dict(self) -> Dict[str, object]:
         return dict(self.__dict__)
@@ -332,4 +334,5 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
         n_valid=n_valid, n_ignored=n_ignored, confusion=confusion.reshape(L, L),
         n_pos=cnt[:, r1:].sum(1), sum_p=sp.sum(1), sum_py=sp[:, r1:].sum(1), sum_p2=sum_p2 / float(R) ** 2,
         nll_sum=nll, cat_nll_sum=None if spec.has_regions else cat_nll, reliability=rel,
-        top_reliability=top_rel, sweep=sweep, n_clipped=n_clipped)
+        top_reliability=top_rel, sweep=sweep, n_clipped=n_clipped, fine_count=cnt.reshape(C, 2, r1),
+        fine_psum=sp[:, :r1] + sp[:, r1:])

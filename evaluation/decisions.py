@@ -310,3 +310,9 @@ def rule_label_map(probabilities: np.ndarray, spec, rule: str) -> np.ndarray:
         seg[win] = cls
         best[win] = p[win]
     return seg
+
+
+def fine_histograms(stats, grid) -> Dict[int, FineHistogram]:
+    """The streamed pass's per-channel fine histograms (:class:`~.accumulate.CaseStats`), by channel."""
+    return {ch: FineHistogram(stats.fine_count[ch], stats.fine_psum[ch], grid.resolution)
+            for ch in range(stats.fine_count.shape[0])}

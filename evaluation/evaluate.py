@@ -15,15 +15,20 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
+from nnunet_losses.evaluation.decision_report import DECISION_FILES, DECISION_PLOTS
+from nnunet_losses.evaluation.decision_summary import decisions_for_cases
+from nnunet_losses.evaluation.decisions import case_cuts, fine_histograms
 from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.volume import case_volume, volume_summary
 from nnunet_losses.evaluation.cases import Case, Source, find_cases, load_properties, load_reference, open_probabilities, voxel_volume
 from nnunet_losses.evaluation.metrics import (CALIBRATION_METRICS, case_metrics, dice_jaccard_check, means, nan_stats, pooled_calibration,
                       size_deciles, threshold_sweep)
 from nnunet_losses.evaluation.spec import TaskSpec
 
 OUTPUT_FILES = ("summary.json", "per_case.csv", "threshold_sweep.csv", "size_deciles.csv", "reliability.csv",
-                "summary.md")
-PLOT_FILES = ("reliability_diagram.png", "dice_vs_threshold.png", "dice_vs_size_decile.png", "volume_error.png")
+                "summary.md") + DECISION_FILES
+PLOT_FILES = ("reliability_diagram.png", "dice_vs_threshold.png", "dice_vs_size_decile.png",
+              "volume_error.png") + DECISION_PLOTS
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -64,9 +69,11 @@ def process_case(case: Case, spec: TaskSpec, grid: BinGrid, eps: float, reader_w
     with open_probabilities(case.npz, hint) as probs:
         stats = accumulate_case(probs.array, ref, spec, grid, eps, name=str(case.npz),
                                 reference_name=str(case.reference), wait=probs.wait)
+        # the decision rules' exact cuts: the pass's fine histograms + the in-memory case (no second read)
+        cuts = case_cuts(probs.array, ref, spec, fine_histograms(stats, grid))
     spacing = [float(s) for s in ref_props.get("spacing", [1.0] * ref.ndim)]
     vv, unit, is2d = voxel_volume(spacing, ref.shape)
-    return {"stats": stats, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
+    return {"stats": stats, "cuts": cuts, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
             "shape": [int(s) for s in ref.shape]}
 
 
@@ -122,7 +129,29 @@ def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_pr
 # ---------------------------------------------------------------------------------------------------------------
 # summary
 # ---------------------------------------------------------------------------------------------------------------
-def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float) -> dict:
+def class_names(dataset_json: dict, spec: TaskSpec) -> dict:
+    """``{class key: name in dataset.json}`` (for plot titles)."""
+    from nnunet_losses.evaluation.spec import class_key
+    names = {class_key(v): n for n, v in dataset_json.get("labels", {}).items()}
+    return {k: names[k] for k in spec.keys if k in names}
+
+
+def volume_block(spec: TaskSpec, per_case: List[dict], stats: List[CaseStats]) -> dict:
+    """Fill ``per_case[i]["volume"][key]`` (Poisson-binomial volume, see :mod:`.volume`) and summarise per class."""
+    out = {}
+    for key, ch in zip(spec.keys, spec.class_channels):
+        rows = []
+        for case, s in zip(per_case, stats):
+            m = case["metrics"][key]
+            v = case_volume(s.sum_p[ch], s.sum_p2[ch], case["voxel_volume"], m["V_ref"])
+            case.setdefault("volume", {})[key] = v
+            rows.append({**v, "V_ref": m["V_ref"], "V_pred": m["V_pred"]})
+        out[key] = volume_summary(rows)
+    return out
+
+
+def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float,
+                  fixed_threshold: float = 0.5) -> dict:
     spec = source.spec
     keys = spec.keys
     units = {r["unit"] for r in results}
@@ -139,6 +168,10 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
                          "n_ignored": r["stats"].n_ignored, "n_clipped": r["stats"].n_clipped,
                          "voxel_volume": r["voxel_volume"], "spacing": r["spacing"], "shape": r["shape"]})
         stats.append(r["stats"])
+    sweep = threshold_sweep(stats, spec, grid)
+    decisions = decisions_for_cases(stats, spec, grid.thresholds, per_case, [r["cuts"] for r in results], sweep,
+                                    fixed_threshold)
+    volume = volume_block(spec, per_case, stats)
     mean, fg, nan_counts = means(per_case, keys)
     per_fold = {}
     for fold in sorted({c["fold"] for c in per_case if c["fold"] is not None}, key=str):
@@ -165,7 +198,9 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
         "per_fold": per_fold,
         "calibration": {"pooled": pooled_calibration(stats, spec, grid),
                         "per_case": {k: nan_stats([c["calibration"][k] for c in per_case]) for k in CALIBRATION_METRICS}},
-        "threshold_sweep": threshold_sweep(stats, spec, grid),
+        "threshold_sweep": sweep,
+        "decisions": decisions,
+        "volume": volume,
         "size_deciles": size_deciles(per_case, keys),
         "dice_jaccard": dice_jaccard_check(per_case, keys),
         "volume_unit": unit,
@@ -173,6 +208,7 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
         "name": source.name,
         "source": source.description,
         "task": {"type": "regions" if spec.has_regions else "labels", "classes": keys,
+                 "class_names": class_names(source.dataset_json, spec),
                  "channels": [str(c) for c in spec.channels], "ignore_label": spec.ignore_label,
                  "regions_class_order": list(spec.regions_class_order) if spec.regions_class_order else None,
                  "hard_map": ("sequential p > 0.5 overwrite in regions_class_order" if spec.has_regions
@@ -187,15 +223,16 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
              dataset_json=None, plans=None, n_bins: int = DEFAULT_BINS,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, eps: float = DEFAULT_EPS, num_processes: int = 1,
              chill: bool = False, overwrite: bool = False, plots: bool = True, progress: bool = False,
-             name: Optional[str] = None) -> dict:
+             name: Optional[str] = None, fixed_threshold: float = 0.5) -> dict:
     """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
 
     ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
+    ``fixed_threshold``: the decision rule ``fixed_T``'s threshold (added to the sweep's thresholds).
     """
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    grid = BinGrid(n_bins, tuple(thresholds))
+    grid = BinGrid(n_bins, tuple(sorted({float(t) for t in thresholds} | {float(fixed_threshold)})))
     source = find_cases(inputs, reference_folder, [str(f) for f in folds] if folds else None, dataset_json, plans,
                         chill)
     if name:
@@ -205,7 +242,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
         dest = check_destination(Path(output_folder), source.protected, overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
     results = reduce_cases(source, grid, eps, num_processes, progress)
-    summary = build_summary(source, results, grid, eps)
+    summary = build_summary(source, results, grid, eps, fixed_threshold)
     if dest is not None:
         from nnunet_losses.evaluation.report import write_evaluation
         with AtomicFolder(dest) as tmp:

@@ -118,7 +118,9 @@ def write_evaluation(summary: dict, folder: Path, plots: bool = True) -> None:
     write_csv(sweep_rows(summary), folder / "threshold_sweep.csv")
     write_csv(decile_rows(summary), folder / "size_deciles.csv")
     write_csv(reliability_rows(summary), folder / "reliability.csv")
-    (folder / "summary.md").write_text(summary_markdown(summary))
+    from nnunet_losses.evaluation.decision_report import decision_markdown, write_decisions
+    (folder / "summary.md").write_text(summary_markdown(summary) + decision_markdown(summary, _f))
+    write_decisions(summary, folder, plots)
     if plots:
         from nnunet_losses.evaluation.plots import evaluation_plots
         evaluation_plots(summary, folder)
