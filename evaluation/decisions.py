@@ -81,16 +81,17 @@ EMPTY = Cut(0, 0, math.nan, 0)
 
 
 class _Boundaries:
-    """Counts above every fine-bin boundary ``b = 0..R+1``: voxels in fine bins ``>= b``."""
+    """Counts above every bin boundary ``b``: voxels in bins ``>= b`` (bins in ascending order of ``p``), plus
+    ``base`` voxels above all the bins (``k``, positives, sum of ``p``)."""
 
-    def __init__(self, hist: FineHistogram):
-        n_all = hist.count.sum(0)
-        self.k = np.concatenate([np.cumsum(n_all[::-1])[::-1], [0]]).astype(np.int64)
-        self.tp = np.concatenate([np.cumsum(hist.count[1, ::-1])[::-1], [0]]).astype(np.int64)
-        self.s = np.concatenate([np.cumsum(hist.psum[::-1])[::-1], [0.0]])
-        self.total = float(hist.psum.sum())
-        self.n = int(self.k[0])
-        self.resolution = hist.resolution
+    def __init__(self, n_all: np.ndarray, n_pos: np.ndarray, psum: np.ndarray, base=(0, 0, 0.0)):
+        self.k = base[0] + np.concatenate([np.cumsum(n_all[::-1])[::-1], [0]]).astype(np.int64)
+        self.tp = base[1] + np.concatenate([np.cumsum(n_pos[::-1])[::-1], [0]]).astype(np.int64)
+        self.s = base[2] + np.concatenate([np.cumsum(psum[::-1])[::-1], [0.0]])
+
+    @classmethod
+    def of(cls, hist: FineHistogram) -> "_Boundaries":
+        return cls(hist.count.sum(0), hist.count[1], hist.psum)
 
     def ratio_bracket(self, offset: float) -> Tuple[int, int]:
         """Boundaries ``(b_lo, b_hi)`` between which ``argmax_k 2 S_k / (offset + k)`` lies (unimodality)."""
@@ -105,43 +106,81 @@ class _Boundaries:
         b_hi = int(np.flatnonzero(self.k <= k)[0])
         return max(b_hi - 1, 0), b_hi
 
+    def bracket(self, target) -> Tuple[int, int]:
+        return self.count_bracket(target[1]) if target[0] == "count" else self.ratio_bracket(target[1])
 
-def _candidates(p: np.ndarray, valid: Optional[np.ndarray], bounds: _Boundaries, b_lo: int, b_hi: int):
-    """Flat indices of the valid voxels in fine bins ``b_lo .. b_hi - 1``, in index order (exact bin test)."""
-    R = bounds.resolution
-    expected = int(bounds.k[b_lo] - bounds.k[b_hi])
+    def base(self, b: int):
+        return int(self.k[b]), int(self.tp[b]), float(self.s[b])
+
+
+def _fine_bin_mask(p: np.ndarray, valid, b_lo: int, b_hi: int, R: int, scaled: bool) -> np.ndarray:
+    """Valid voxels in fine bins ``b_lo .. b_hi - 1`` (bin ``j = ceil(p R)``; bin 0 also holds clipped p < 0)."""
+    m = np.ones(p.shape, dtype=bool) if valid is None else valid.copy()
+    if scaled:  # the histogram's own test on p * R, exact in float64 for any input
+        q = np.asarray(p, dtype=np.float64) * R
+        lo, hi = np.float64(b_lo - 1), np.float64(b_hi - 1)
+    else:  # p > j/R in float64 (a float64 scalar: NumPy 2 would compare a Python float in float32)
+        q = p
+        lo, hi = np.float64((b_lo - 1) / R), np.float64((b_hi - 1) / R)
+    if b_lo > 0:
+        m &= q > lo
+    if b_hi <= R:
+        m &= q <= hi
+    return m
+
+
+def _candidates(p: np.ndarray, valid: Optional[np.ndarray], expected: int, b_lo: int, b_hi: int, R: int):
+    """Flat indices of the valid voxels in fine bins ``b_lo .. b_hi - 1``, in index order (exact bin test).
+
+    ``p > j/R`` in float64 equals the histogram's ``ceil(p R) > j`` for float16/32 ``p`` (such a ``p`` cannot lie
+    between ``j/R`` and its float64 rounding) and saves the product pass; float64 input, or a count that disagrees
+    with the histogram, takes the product."""
     if expected == 0:
         return np.empty(0, dtype=np.intp)
-
-    def select(q):
-        m = np.ones(q.shape, dtype=bool) if valid is None else valid.copy()
-        if b_lo > 0:
-            m &= q > (b_lo - 1)
-        if b_hi <= R:
-            m &= q <= (b_hi - 1)
-        return np.flatnonzero(m)
-
-    # p * R is exact in float64 for float16/32 probabilities; the comparison with (b-1)/R avoids the product
-    # pass, and is exact for them too (such p cannot fall between j/R and its float64 rounding); float64 input,
-    # or a count that disagrees with the histogram, takes the product (the histogram's own test)
     if p.dtype != np.float64:
-        idx = np.flatnonzero(_mask_scaled(p, valid, b_lo, b_hi, R))
+        idx = np.flatnonzero(_fine_bin_mask(p, valid, b_lo, b_hi, R, scaled=False))
         if idx.size == expected:
             return idx
-    idx = select(np.asarray(p, dtype=np.float64) * R)
+    idx = np.flatnonzero(_fine_bin_mask(p, valid, b_lo, b_hi, R, scaled=True))
     if idx.size != expected:
         raise ValueError(f"fine histogram does not describe these probabilities ({idx.size} voxels in the bracket, "
                          f"the histogram says {expected}); pass the histogram of the same voxels")
     return idx
 
 
-def _mask_scaled(p, valid, b_lo, b_hi, R):
-    m = np.ones(p.shape, dtype=bool) if valid is None else valid.copy()
-    if b_lo > 0:
-        m &= p > (b_lo - 1) / R
-    if b_hi <= R:
-        m &= p <= (b_hi - 1) / R
-    return m
+#: a bracket larger than this is narrowed with a finer histogram of its own values before it is sorted
+SORT_LIMIT = 1 << 16
+SUB_BINS = 4096
+
+
+def _narrow(vals, pos, idx, base, above_min, targets):
+    """Shrink the bracket (values ``vals`` with reference ``pos`` at flat indices ``idx``; ``base`` = k, positives,
+    sum of the voxels above it, ``above_min`` their smallest ``p`` and its count, or None) with histograms of its
+    own values until it is small enough to sort. Each level bins the values on ``SUB_BINS`` equal steps between
+    their min and max (a monotone map, so bins are ordered like the values) and keeps the union of the rules'
+    brackets."""
+    while vals.size > SORT_LIMIT:
+        lo, hi = float(vals.min()), float(vals.max())
+        if lo == hi:
+            break
+        key = np.floor((vals - lo) * (SUB_BINS / (hi - lo))).astype(np.intp)
+        np.minimum(key, SUB_BINS - 1, out=key)
+        n_all = np.bincount(key, minlength=SUB_BINS)
+        n_pos = np.bincount(key[pos], minlength=SUB_BINS)
+        psum = np.bincount(key, weights=vals, minlength=SUB_BINS)
+        bounds = _Boundaries(n_all, n_pos, psum, base)
+        brackets = [bounds.bracket(t) for t in targets]
+        b_lo, b_hi = min(b[0] for b in brackets), max(b[1] for b in brackets)
+        if b_lo == 0 and b_hi == SUB_BINS:
+            break
+        above = key >= b_hi
+        if above.any():  # the smallest p kept above the bracket, and how many share it (all kept: same bin)
+            a = vals[above]
+            above_min = (float(a.min()), int(np.count_nonzero(a == a.min())))
+        keep = (key >= b_lo) & ~above
+        vals, pos, idx = vals[keep], pos[keep], idx[keep]
+        base = bounds.base(b_hi)
+    return vals, pos, idx, base, above_min
 
 
 def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray] = None,
@@ -158,72 +197,76 @@ def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray
         valid = np.asarray(valid, dtype=bool).reshape(-1)
     if hist is None:
         hist = FineHistogram.of(p if valid is None else p[valid], positive if valid is None else positive[valid])
-    bounds = _Boundaries(hist)
-    P = bounds.total
-    if bounds.n == 0:
+    bounds = _Boundaries.of(hist)
+    P = float(hist.psum.sum())
+    R = hist.resolution
+    if int(bounds.k[0]) == 0:
         return {r: EMPTY for r in rules}
-    brackets = {}
+    targets = {}
     for r in rules:
         if r == "dice_optimal":
-            brackets[r] = bounds.ratio_bracket(P) if P > 0 else None
+            targets[r] = ("ratio", P) if P > 0 else None
         elif r == "rankseg_rma":
-            brackets[r] = bounds.ratio_bracket(P + 1.0) if _max_above_half(p, valid, bounds) else None
+            targets[r] = ("ratio", P + 1.0) if _max_above_half(p, valid, bounds, R) else None
         elif r == "volume_matched":
-            brackets[r] = bounds.count_bracket(int(math.floor(P + 0.5)))
+            targets[r] = ("count", int(math.floor(P + 0.5)))
         else:
             raise ValueError(f"unknown decision rule {r!r}; known: {list(VOXEL_RULES)}")
-    used = [b for b in brackets.values() if b is not None]
+    used = [t for t in targets.values() if t is not None]
     if not used:
         return {r: EMPTY for r in rules}
-    # one extraction for all rules: the union of their brackets
-    b_lo, b_hi = min(b[0] for b in used), max(b[1] for b in used)
-    idx = _candidates(p, valid, bounds, b_lo, b_hi)
+    # one extraction for all rules: the union of their brackets, then narrowed on the bracket's own values
+    brackets = [bounds.bracket(t) for t in used]
+    b_lo, b_hi = min(b[0] for b in brackets), max(b[1] for b in brackets)
+    idx = _candidates(p, valid, int(bounds.k[b_lo] - bounds.k[b_hi]), b_lo, b_hi, R)
     vals = np.clip(p[idx].astype(np.float64), 0.0, 1.0)
-    order = np.argsort(-vals, kind="stable")  # descending, ties in flat-index order
-    vals, pos = vals[order], positive[idx[order]]
-    base_k, base_tp, base_s = int(bounds.k[b_hi]), int(bounds.tp[b_hi]), float(bounds.s[b_hi])
+    vals, pos, idx, base, above_min = _narrow(vals, positive[idx], idx, bounds.base(b_hi), None, used)
+    order = np.argsort(-vals, kind="stable")  # descending; idx ascends, so ties stay in flat-index order
+    vals, pos = vals[order], pos[order]
+    base_k, base_tp, base_s = base
     # k = base_k + i for i = 0..len(vals): prefix sums with the voxels above the bracket
     ks = base_k + np.arange(len(vals) + 1)
     sums = base_s + np.concatenate([[0.0], np.cumsum(vals)])
     tps = base_tp + np.concatenate([[0], np.cumsum(pos)])
     out = {}
     for r in rules:
-        if brackets[r] is None:
+        t = targets[r]
+        if t is None:
             out[r] = EMPTY
             continue
-        if r == "volume_matched":
-            i = int(math.floor(P + 0.5)) - base_k
+        if t[0] == "count":
+            i = t[1] - base_k
         else:
-            offset = P if r == "dice_optimal" else P + 1.0
-            h = np.where(ks > 0, 2.0 * sums / (offset + ks), 0.0)
+            h = np.where(ks > 0, 2.0 * sums / (t[1] + ks), 0.0)
             top = np.flatnonzero(h == h.max())
             i = int(top[-1] if r == "dice_optimal" else top[0])
             if r == "dice_optimal":  # p >= D*/2 keeps every voxel equal to the last one kept
                 while 0 < i < len(vals) and vals[i] == vals[i - 1]:
                     i += 1
-        out[r] = _cut_at(i, ks, tps, vals, b_hi, p, valid, bounds.resolution)
+        out[r] = _cut_at(i, ks, tps, vals, above_min, b_hi, p, valid, R)
     return out
 
 
-def _max_above_half(p, valid, bounds: _Boundaries) -> bool:
+def _max_above_half(p, valid, bounds: _Boundaries, R: int) -> bool:
     """``max p > 0.5`` (RankSEG's pruning), from the histogram when 0.5 is a fine-grid boundary."""
-    R = bounds.resolution
     if R % 2 == 0:
         return bool(bounds.k[R // 2 + 1] > 0)
     q = p if valid is None else p[valid]
     return bool(q.size and float(np.max(q)) > 0.5)
 
 
-def _cut_at(i: int, ks, tps, vals, b_hi: int, p, valid, resolution: int) -> Cut:
+def _cut_at(i: int, ks, tps, vals, above_min, b_hi: int, p, valid, resolution: int) -> Cut:
     k = int(ks[i])
     if k == 0:
         return EMPTY
     if i > 0:
         v = float(vals[i - 1])
-        # voxels above the bracket never share v: the bracket ends at a fine-bin boundary
+        # voxels above the bracket never share v: the bracket ends at a bin boundary
         return Cut(k, int(tps[i]), v, int(np.count_nonzero(vals[:i] == v)))
-    # the cut is exactly the top of the bracket (rare: a boundary is optimal): the smallest kept p is the minimum
-    # over the fine bins >= b_hi, found with one more pass
+    if above_min is not None:  # the cut is exactly the top of a narrowed bracket
+        return Cut(k, int(tps[i]), above_min[0], above_min[1])
+    # the cut is exactly a fine-grid boundary (rare): the smallest kept p is the minimum over the fine bins >= b_hi,
+    # found with one more pass
     q = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     keep = np.asarray(p, dtype=np.float64) * resolution > b_hi - 1
     if valid is not None:
