@@ -224,3 +224,29 @@ def test_decision_metrics_definitions():
     assert m["Dice"] == pytest.approx(2 * 4 / 16) and m["IoU"] == pytest.approx(4 / 12)
     assert m["dV"] == pytest.approx(2.0) and m["abs_dV"] == pytest.approx(2.0) and m["V_pred"] == 5.0
     assert math.isnan(decision_metrics((0, 0), 0, 1.0)["Dice"])
+
+
+def test_exact_plateau_keeps_every_voxel_with_p_at_least_half_the_optimum():
+    """p = (1/2, 1/4, 1/4): 2 S_k / (P + k) = 1/2 for k = 1, 2, 3 (exact in binary); Nordstrom keeps p >= D*/2 =
+    1/4, all three; RankSEG prunes the class (max p = 0.5 is not > 0.5)."""
+    p = np.array([0.5, 0.25, 0.0, 0.25])
+    cuts = channel_cuts(p, np.array([1, 1, 0, 1], bool))
+    assert cuts["dice_optimal"].n_selected == 3 and cuts["dice_optimal"].tp == 3
+    assert cuts["rankseg_rma"].n_selected == 0
+    q = np.array([0.5 + 2 ** -20, 0.25, 0.0, 0.25])
+    assert np.array_equal(cut_mask(q, channel_cuts(q, np.zeros(4, bool))["rankseg_rma"]), ref_rma(q))
+
+
+def test_cut_exactly_at_the_top_of_a_narrowed_bracket(monkeypatch):
+    """volume_matched k = 5 = the voxels above a sub-bin boundary, the last two tied: both kept, counted."""
+    import nnunet_losses.evaluation.decisions as dec
+    monkeypatch.setattr(dec, "SORT_LIMIT", 16)
+    monkeypatch.setattr(dec, "SUB_BINS", 50)
+    p = np.array([0.9] * 3 + [0.8] * 2 + [0.01] * 70)
+    rng = np.random.default_rng(8)
+    perm = rng.permutation(p.size)
+    p = p[perm]
+    cut = channel_cuts(p, np.zeros(p.size, bool), hist=FineHistogram.of(p, np.zeros(p.size, bool), 1))
+    assert (cut["volume_matched"].n_selected, cut["volume_matched"].value) == (5, 0.8)
+    assert cut["volume_matched"].n_at_value == 2
+    assert np.array_equal(cut_mask(p, cut["volume_matched"]), p >= 0.8)
