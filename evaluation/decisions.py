@@ -109,6 +109,24 @@ class _Boundaries:
     def bracket(self, target) -> Tuple[int, int]:
         return self.count_bracket(target[1]) if target[0] == "count" else self.ratio_bracket(target[1])
 
+    def value_floor(self, target, n: int, R: int) -> float:
+        """A lower bound on the smallest ``p`` the rule keeps, from the boundaries alone (voxels below it can be
+        left out of the bracket: they are never kept).
+
+        Ratio rules: the last voxel kept, ``psi_k``, has ``2 psi_k >= h(k) >= h`` at any boundary (``h(k)`` is a
+        weighted mean of ``h(k-1) <= 2 psi_k`` and ``2 psi_k``). Count rule: the voxels after the ``k``-th are each
+        ``<= psi_k``, so ``psi_k >= (P - S_k) / (n - k)``, and ``S_k <= S_{b_hi} + (k - K_{b_hi}) (b_hi - 1)/R``.
+        Lowered by 1e-9 relative for rounding."""
+        if target[0] == "ratio":
+            ok = self.k > 0
+            return float(np.max(2.0 * self.s[ok] / (target[1] + self.k[ok]))) / 2 * (1 - 1e-9)
+        k = target[1]
+        if k >= n:
+            return 0.0
+        b_lo, b_hi = self.count_bracket(k)
+        s_k = self.s[b_hi] + (k - self.k[b_hi]) * min((b_hi - 1) / R, 1.0)
+        return max(float(self.s[0] - s_k) / (n - k), 0.0) * (1 - 1e-9)
+
     def base(self, b: int):
         return int(self.k[b]), int(self.tp[b]), float(self.s[b])
 
@@ -129,14 +147,21 @@ def _fine_bin_mask(p: np.ndarray, valid, b_lo: int, b_hi: int, R: int, scaled: b
     return m
 
 
-def _candidates(p: np.ndarray, valid: Optional[np.ndarray], expected: int, b_lo: int, b_hi: int, R: int):
-    """Flat indices of the valid voxels in fine bins ``b_lo .. b_hi - 1``, in index order (exact bin test).
+def _candidates(p: np.ndarray, valid: Optional[np.ndarray], expected: int, b_lo: int, b_hi: int, R: int,
+                floor: float = 0.0):
+    """Flat indices of the valid voxels in fine bins ``b_lo .. b_hi - 1`` with ``p >= floor``, in index order
+    (exact bin test).
 
     ``p > j/R`` in float64 equals the histogram's ``ceil(p R) > j`` for float16/32 ``p`` (such a ``p`` cannot lie
     between ``j/R`` and its float64 rounding) and saves the product pass; float64 input, or a count that disagrees
-    with the histogram, takes the product."""
+    with the histogram, takes the product. With a floor above the bracket's lower edge the count cannot be checked
+    against the histogram (the bin test stays the same)."""
     if expected == 0:
         return np.empty(0, dtype=np.intp)
+    if floor > max(b_lo - 1, 0) / R:
+        m = _fine_bin_mask(p, valid, 0, b_hi, R, scaled=p.dtype == np.float64)
+        m &= p >= np.float64(floor)
+        return np.flatnonzero(m)
     if p.dtype != np.float64:
         idx = np.flatnonzero(_fine_bin_mask(p, valid, b_lo, b_hi, R, scaled=False))
         if idx.size == expected:
@@ -150,51 +175,69 @@ def _candidates(p: np.ndarray, valid: Optional[np.ndarray], expected: int, b_lo:
 
 #: a bracket larger than this is narrowed with a finer histogram of its own values before it is sorted
 SORT_LIMIT = 1 << 16
-SUB_BINS = 4096
+SUB_BINS_LOG2 = 12
 
 
-def _narrow(vals, pos, idx, base, above_min, targets):
-    """Shrink the bracket (values ``vals`` with reference ``pos`` at flat indices ``idx``; ``base`` = k, positives,
-    sum of the voxels above it, ``above_min`` their smallest ``p`` and its count, or None) with histograms of its
-    own values until it is small enough to sort. Each level bins the values on ``SUB_BINS`` equal steps between
-    their min and max (a monotone map, so bins are ordered like the values) and keeps the union of the rules'
-    brackets."""
+def _order_keys(vals: np.ndarray) -> np.ndarray:
+    """Integers ordered like the (non-negative) values: their IEEE-754 bit patterns. Binning these gives relative,
+    not absolute, resolution -- what the millions of tiny probabilities of a background need."""
+    return vals.view(np.uint32 if vals.dtype == np.float32 else np.uint64)
+
+
+def _narrow(vals, idx, positive, base, above_min, targets):
+    """Shrink the bracket (values ``vals`` at flat indices ``idx``; ``base`` = k, positives, sum of the voxels
+    above it, ``above_min`` their smallest ``p`` and its count, or None) with histograms of its own values until it
+    is small enough to sort. Each level bins the values' bit patterns (a monotone map, so bins are ordered like
+    the values) into at most ``2^SUB_BINS_LOG2`` bins and keeps the union of the rules' brackets; the reference
+    (``positive(idx)``) is looked up only for the voxels that leave the bracket upwards."""
     while vals.size > SORT_LIMIT:
-        lo, hi = float(vals.min()), float(vals.max())
-        if lo == hi:
+        bits = _order_keys(vals)
+        lo = bits.min()
+        span = int(bits.max() - lo)
+        if span == 0:
             break
-        key = np.floor((vals - lo) * (SUB_BINS / (hi - lo))).astype(np.intp)
-        np.minimum(key, SUB_BINS - 1, out=key)
-        n_all = np.bincount(key, minlength=SUB_BINS)
-        n_pos = np.bincount(key[pos], minlength=SUB_BINS)
-        psum = np.bincount(key, weights=vals, minlength=SUB_BINS)
-        bounds = _Boundaries(n_all, n_pos, psum, base)
+        shift = max(span.bit_length() - SUB_BINS_LOG2, 0)
+        key = bits - lo
+        key >>= shift
+        n_bins = (span >> shift) + 1
+        n_all = np.bincount(key, minlength=n_bins)
+        psum = np.bincount(key, weights=vals, minlength=n_bins)
+        bounds = _Boundaries(n_all, np.zeros(n_bins, np.int64), psum, base)  # counts and sums fix the brackets
         brackets = [bounds.bracket(t) for t in targets]
         b_lo, b_hi = min(b[0] for b in brackets), max(b[1] for b in brackets)
-        if b_lo == 0 and b_hi == SUB_BINS:
+        if b_lo == 0 and b_hi == n_bins:
             break
         above = key >= b_hi
-        if above.any():  # the smallest p kept above the bracket, and how many share it (all kept: same bin)
+        n_above = int(np.count_nonzero(above))
+        tp_above = 0
+        if n_above:  # the smallest p kept above the bracket, and how many share it (all kept: same bin)
             a = vals[above]
             above_min = (float(a.min()), int(np.count_nonzero(a == a.min())))
-        keep = (key >= b_lo) & ~above
-        vals, pos, idx = vals[keep], pos[keep], idx[keep]
-        base = bounds.base(b_hi)
-    return vals, pos, idx, base, above_min
+            tp_above = int(np.count_nonzero(positive(idx[above])))
+        keep = key >= b_lo
+        keep &= ~above
+        vals, idx = vals[keep], idx[keep]
+        k, _, s = bounds.base(b_hi)
+        base = (k, base[1] + tp_above, s)
+    return vals, idx, base, above_min
 
 
 def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray] = None,
                  hist: Optional[FineHistogram] = None, rules=VOXEL_RULES) -> Dict[str, Cut]:
     """The cut of each rule (see module doc) for one channel of one case.
 
-    ``p``: flat probabilities; ``positive``: flat boolean reference of the class; ``valid``: flat boolean mask of
+    ``p``: flat probabilities; ``positive``: flat boolean reference of the class, or a function of flat indices
+    giving it there (so that only the bracket's voxels are looked up); ``valid``: flat boolean mask of
     the non-ignored voxels (None: all); ``hist``: the channel's :class:`FineHistogram` over the valid voxels
     (from the streamed pass; computed here when None).
     """
     p = np.asarray(p).reshape(-1)
-    positive = np.asarray(positive, dtype=bool).reshape(-1)
     if valid is not None:
         valid = np.asarray(valid, dtype=bool).reshape(-1)
+    if hist is None and callable(positive):
+        positive = positive(np.arange(p.size))
+    if not callable(positive):
+        positive = np.asarray(positive, dtype=bool).reshape(-1)
     if hist is None:
         hist = FineHistogram.of(p if valid is None else p[valid], positive if valid is None else positive[valid])
     bounds = _Boundaries.of(hist)
@@ -218,11 +261,18 @@ def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray
     # one extraction for all rules: the union of their brackets, then narrowed on the bracket's own values
     brackets = [bounds.bracket(t) for t in used]
     b_lo, b_hi = min(b[0] for b in brackets), max(b[1] for b in brackets)
-    idx = _candidates(p, valid, int(bounds.k[b_lo] - bounds.k[b_hi]), b_lo, b_hi, R)
-    vals = np.clip(p[idx].astype(np.float64), 0.0, 1.0)
-    vals, pos, idx, base, above_min = _narrow(vals, positive[idx], idx, bounds.base(b_hi), None, used)
+    floor = min(bounds.value_floor(t, int(bounds.k[0]), R) for t in used)
+    idx = _candidates(p, valid, int(bounds.k[b_lo] - bounds.k[b_hi]), b_lo, b_hi, R, floor)
+    vals = p[idx]
+    if vals.dtype != np.float32 and vals.dtype != np.float64:
+        vals = vals.astype(np.float32)  # float16: exact
+    if b_lo == 0 or b_hi > R:  # only the end bins can hold values a tolerance outside [0, 1]
+        vals = np.clip(vals, 0.0, 1.0)
+    lookup = positive if callable(positive) else positive.__getitem__
+    vals, idx, base, above_min = _narrow(vals, idx, lookup, bounds.base(b_hi), None, used)
+    vals = vals.astype(np.float64)
     order = np.argsort(-vals, kind="stable")  # descending; idx ascends, so ties stay in flat-index order
-    vals, pos = vals[order], pos[order]
+    vals, pos = vals[order], np.asarray(lookup(idx[order]), dtype=bool)
     base_k, base_tp, base_s = base
     # k = base_k + i for i = 0..len(vals): prefix sums with the voxels above the bracket
     ks = base_k + np.arange(len(vals) + 1)
@@ -306,11 +356,6 @@ def decision_metrics(cut_or_counts, n_ref: int, voxel_volume: float) -> dict:
 # -----------------------------------------------------------------------------------------------------------------
 # whole cases: one-vs-rest per class, label maps
 # -----------------------------------------------------------------------------------------------------------------
-def class_positives(reference_flat: np.ndarray, spec, cls) -> np.ndarray:
-    """Reference voxels of a class (label model: ``y == c``) or region (``y`` in the region's labels)."""
-    return spec.membership(cls)[reference_flat]
-
-
 def case_cuts(probabilities: np.ndarray, reference: Optional[np.ndarray], spec,
               hists: Optional[Dict[int, FineHistogram]] = None, rules=VOXEL_RULES) -> Dict[str, Dict[str, Cut]]:
     """``{class key: {rule: Cut}}`` for one case (``probabilities`` ``(C, *shape)``; ``reference`` the label map,
@@ -327,7 +372,11 @@ def case_cuts(probabilities: np.ndarray, reference: Optional[np.ndarray], spec,
             valid = None
     out = {}
     for key, cls, ch in zip(spec.keys, spec.classes, spec.class_channels):
-        pos = np.zeros(P.shape[1], dtype=bool) if Y is None else class_positives(Y, spec, cls)
+        if Y is None:
+            pos = np.zeros(P.shape[1], dtype=bool)
+        else:
+            lut = spec.membership(cls)
+            pos = (lambda idx, lut=lut: lut[Y[idx]])
         out[key] = channel_cuts(P[ch], pos, valid, None if hists is None else hists.get(ch), rules)
     return out
 

@@ -79,7 +79,7 @@ def narrowing(request, monkeypatch):
     import nnunet_losses.evaluation.decisions as dec
     if request.param == "narrowed":
         monkeypatch.setattr(dec, "SORT_LIMIT", 16)
-        monkeypatch.setattr(dec, "SUB_BINS", 5)
+        monkeypatch.setattr(dec, "SUB_BINS_LOG2", 2)
     return request.param
 
 
@@ -241,7 +241,7 @@ def test_cut_exactly_at_the_top_of_a_narrowed_bracket(monkeypatch):
     """volume_matched k = 5 = the voxels above a sub-bin boundary, the last two tied: both kept, counted."""
     import nnunet_losses.evaluation.decisions as dec
     monkeypatch.setattr(dec, "SORT_LIMIT", 16)
-    monkeypatch.setattr(dec, "SUB_BINS", 50)
+    monkeypatch.setattr(dec, "SUB_BINS_LOG2", 6)
     p = np.array([0.9] * 3 + [0.8] * 2 + [0.01] * 70)
     rng = np.random.default_rng(8)
     perm = rng.permutation(p.size)
