@@ -30,6 +30,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.probabilities import check_range, check_sums_to_one, sum_tolerance
 from nnunet_losses.evaluation.spec import TaskSpec
 
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -99,13 +100,6 @@ class CaseStats:
         return dict(self.__dict__)
 
 
-def sum_tolerance(dtype, n_channels: int) -> float:
-    """How far a voxel's softmax may sum from 1 (float16 rounding of nnU-Net v1 files included)."""
-    if np.dtype(dtype) == np.float16:
-        return 1e-3 + n_channels * 2.0 ** -11
-    return 1e-3
-
-
 def _reduce_fine(cnt: np.ndarray, sp: np.ndarray, grid: BinGrid) -> Tuple[np.ndarray, np.ndarray]:
     """Fine histograms (y=0 half, y=1 half; R+1 bins each) -> reliability (B, 3) and sweep (nT, 2)."""
     r1 = grid.resolution + 1
@@ -126,20 +120,196 @@ def _reduce_fine(cnt: np.ndarray, sp: np.ndarray, grid: BinGrid) -> Tuple[np.nda
     return rel, sweep
 
 
-def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: TaskSpec, grid: BinGrid = BinGrid(),
-                    eps: float = DEFAULT_EPS, name: str = "probabilities", reference_name: str = "reference",
-                    chunk: int = CHUNK, wait: Optional[Callable[[int, int], None]] = None) -> CaseStats:
-    """Statistics of one case, read once (each chunk of probabilities is visited while it is in cache).
+class CaseAccumulator:
+    """Reads one case chunk by chunk into fixed-size counters; :meth:`finish` gives its :class:`CaseStats`.
 
-    ``probabilities``: ``(C, *shape)`` float16/32/64 (softmax for label models, sigmoid per region for region
-    models); ``reference``: integer label map of ``shape``. ``name``/``reference_name`` appear in error messages.
+    Per chunk of ``chunk`` voxels (ignore-label voxels dropped), two kinds of step:
 
-    The voxels are visited channel by channel (per-channel histograms: channel ``c``'s data only), and the
-    cross-channel statistics (hard map, confusion matrix, top-label confidence, categorical NLL, sum-to-1 check)
-    are done chunk by chunk together with the last channel. ``wait(c, stop)``, if given, is called before the
-    voxels ``[.., stop)`` of channel ``c`` are read: the array can still be filling from a background thread
-    (see :mod:`.npz`), so a case is reduced while it is being inflated.
+    * :meth:`add_channel_chunk` -- one channel's values: range check, fine histograms (-> reliability, sweep,
+      sums of p), binary NLL of region models;
+    * :meth:`add_voxel_chunk` -- every channel of the chunk together (run with the last channel, while the
+      chunk is in cache): sum-to-1 check, nnU-Net's hard map -> confusion matrix, top-label histogram and
+      categorical NLL of label models.
+
+    A new per-case quantity is one ``_add_<quantity>(...)`` method called from one of these two steps, its
+    counter set in ``__init__``, and one :class:`CaseStats` field filled in :meth:`finish`.
     """
+
+    def __init__(self, probabilities: np.ndarray, reference: np.ndarray, spec: TaskSpec, grid: BinGrid = BinGrid(),
+                 eps: float = DEFAULT_EPS, name: str = "probabilities", reference_name: str = "reference",
+                 chunk: int = CHUNK):
+        _check_arrays(probabilities, reference, spec, name, reference_name)
+        self.spec, self.grid, self.eps, self.name = spec, grid, eps, name
+        C, R = spec.n_channels, grid.resolution
+        self.P = probabilities.reshape(C, -1)
+        self.Y = reference.reshape(-1)
+        self.n_voxels = self.Y.size
+        self.chunk = max(1, min(chunk, self.n_voxels))
+        self.starts = range(0, self.n_voxels, self.chunk)
+        self.tol = sum_tolerance(probabilities.dtype, C)
+        self.member = spec.channel_membership().astype(bool)  # (C, L)
+        self._lanes = np.arange(self.chunk, dtype=np.intp) % LANES
+        self._width = 2 * (R + 1) * LANES  # bincount length of one histogram: (y, fine bin, lane)
+        self._ibuf = np.empty(self.chunk, dtype=np.intp)  # reused scratch: bin indices
+        self._fbuf = np.empty(self.chunk, dtype=np.float64)  # and p * R
+        self._keeps, self.n_ignored = self._scan_reference(reference_name)
+        self._clipped = set()  # chunk starts with values outside [0, 1] (within tolerance)
+        self.n_clipped = 0
+        # counters: per channel (one-vs-rest) ...
+        self.counts = np.zeros((C, self._width), dtype=np.int64)
+        self.sums = np.zeros((C, self._width), dtype=np.float64)  # of p * R
+        self.sum_p2 = np.zeros(C, dtype=np.float64)  # of (p * R)^2
+        self.nll = np.zeros(C, dtype=np.float64) if spec.has_regions else None
+        # ... and across channels
+        L = spec.n_label_values
+        self.confusion = np.zeros(L * L * LANES, dtype=np.int64)
+        self.top_counts = np.zeros(self._width, dtype=np.int64)
+        self.top_sums = np.zeros(self._width, dtype=np.float64)
+        self.cat_nll = 0.0
+
+    # -- the reference -----------------------------------------------------------------------------------------
+    def _scan_reference(self, reference_name: str):
+        """Undeclared labels are an error; ``({chunk start: keep mask}, n_ignored)`` for the ignore label."""
+        spec, Y = self.spec, self.Y
+        L, ign = spec.n_label_values, spec.ignore_label
+        valid_lut = np.zeros(L, dtype=bool)
+        valid_lut[list(spec.valid_labels)] = True
+        if ign is not None:
+            valid_lut[ign] = True
+        ymin, ymax = (int(Y.min()), int(Y.max())) if Y.size else (0, 0)
+        out_of_range = ymax >= L or ymin < 0
+        if out_of_range or (not valid_lut.all() and not valid_lut[Y].all()):
+            bad = Y[(Y < 0) | (Y >= L)] if out_of_range else Y[~valid_lut[Y]]
+            raise EvaluationError(f"{reference_name}: label {int(bad[0])} is not declared in dataset.json "
+                                  f"(labels {list(spec.valid_labels)}{'' if ign is None else f', ignore {ign}'}); "
+                                  f"fix the reference or dataset.json")
+        keeps, n_ignored = {}, 0  # only chunks that have ignored voxels get a mask
+        if ign is not None and ymax >= ign:
+            for s in self.starts:
+                yc = Y[s:s + self.chunk]
+                if int(yc.max()) >= ign:
+                    keeps[s] = yc != ign
+                    n_ignored += int(yc.size - np.count_nonzero(keeps[s]))
+        return keeps, n_ignored
+
+    def _labels(self, s: int) -> np.ndarray:
+        y = self.Y[s:s + self.chunk]
+        keep = self._keeps.get(s)
+        return y[keep] if keep is not None else y
+
+    def _probabilities(self, s: int, c=slice(None)) -> np.ndarray:
+        """Channel(s) ``c`` of chunk ``s``, ignore-label voxels dropped, as float32/64."""
+        p = self.P[c, s:s + self.chunk]
+        keep = self._keeps.get(s)
+        if keep is not None:
+            p = p[..., keep]
+        if p.dtype != np.float32 and p.dtype != np.float64:
+            p = p.astype(np.float32)
+        return p
+
+    def _histogram(self, p: np.ndarray, positive: np.ndarray):
+        """Fine-grid histogram of ``p`` split by ``positive``: ``(counts, sums of p * R)`` of length ``_width``,
+        and ``p * R`` (see the module doc for the grid)."""
+        n = p.size
+        t = np.multiply(p, self.grid.resolution, dtype=np.float64, out=self._fbuf[:n])
+        idx = np.ceil(t, out=self._ibuf[:n], casting="unsafe")
+        np.add(idx, self.grid.resolution + 1, out=idx, where=positive)
+        idx *= LANES
+        idx += self._lanes[:n]
+        return np.bincount(idx, minlength=self._width), np.bincount(idx, weights=t, minlength=self._width), t
+
+    # -- per channel -------------------------------------------------------------------------------------------
+    def add_channel_chunk(self, c: int, s: int) -> None:
+        p = self._probabilities(s, c)
+        if p.size == 0:
+            return
+        if check_range(p, self.name, self.tol):
+            self.n_clipped += int(np.count_nonzero((p < 0) | (p > 1)))
+            self._clipped.add(s)
+            p = np.clip(p, 0.0, 1.0)
+        y = self._labels(s)
+        positive = self.member[c][y] if self.spec.has_regions else (y == c)
+        self._add_channel_histogram(c, p, positive)
+        if self.nll is not None:
+            self._add_binary_nll(c, p, positive)
+
+    def _add_channel_histogram(self, c: int, p: np.ndarray, positive: np.ndarray) -> None:
+        counts, sums, t = self._histogram(p, positive)
+        self.counts[c] += counts
+        self.sums[c] += sums
+        self.sum_p2[c] += float(np.einsum("i,i->", t, t))
+
+    def _add_binary_nll(self, c: int, p: np.ndarray, positive: np.ndarray) -> None:
+        """Region models: ``-sum log max(q, eps)`` with ``q = p`` on positives, ``1 - p`` elsewhere."""
+        q = np.where(positive, p, 1.0 - p)
+        self.nll[c] -= float(np.log(np.maximum(q, self.eps)).sum(dtype=np.float64))
+
+    # -- across channels ---------------------------------------------------------------------------------------
+    def add_voxel_chunk(self, s: int) -> None:
+        pc = self._probabilities(s)
+        if pc.shape[1] == 0:
+            return
+        if s in self._clipped:
+            pc = np.clip(pc, 0.0, 1.0)
+        y = self._labels(s).astype(np.intp)
+        if not self.spec.has_regions:
+            check_sums_to_one(pc, self.name, self.tol)
+        pred, conf = self.spec.nnunet_map(pc, dtype=np.intp)
+        if conf is not None:
+            self._add_top_label(conf, pred == y)
+            self._add_categorical_nll(pc, y)
+        self._add_confusion(y, pred)
+
+    def _add_top_label(self, conf: np.ndarray, correct: np.ndarray) -> None:
+        """Top-label confidence ``max p``; "correct" = the predicted label is the reference label."""
+        counts, sums, _ = self._histogram(conf, correct)
+        self.top_counts += counts
+        self.top_sums += sums
+
+    def _add_categorical_nll(self, pc: np.ndarray, y: np.ndarray) -> None:
+        """Label models: ``-sum log max(p_true, eps)``."""
+        p_true = pc[0].copy()
+        for c in range(1, pc.shape[0]):
+            np.copyto(p_true, pc[c], where=y == c)
+        self.cat_nll -= float(np.log(np.maximum(p_true, self.eps)).sum(dtype=np.float64))
+
+    def _add_confusion(self, y: np.ndarray, pred: np.ndarray) -> None:
+        L = self.spec.n_label_values
+        cidx = y * L
+        cidx += pred
+        cidx *= LANES
+        cidx += self._lanes[:len(y)]
+        self.confusion += np.bincount(cidx, minlength=L * L * LANES)
+
+    # -- the result --------------------------------------------------------------------------------------------
+    def finish(self) -> CaseStats:
+        """Fold the lanes, undo the ``p * R`` scaling, merge fine bins into calibration bins and sweep counts."""
+        spec, grid = self.spec, self.grid
+        C, R, L = spec.n_channels, grid.resolution, spec.n_label_values
+        r1 = R + 1
+        cnt = self.counts.reshape(C, 2 * r1, LANES).sum(-1)
+        sp = self.sums.reshape(C, 2 * r1, LANES).sum(-1) / R
+        rel = np.zeros((C, grid.n_bins, 3))
+        sweep = np.zeros((C, len(grid.thresholds), 2), dtype=np.int64)
+        for ch in range(C):
+            rel[ch], sweep[ch] = _reduce_fine(cnt[ch], sp[ch], grid)
+        top_rel = None
+        if not spec.has_regions:
+            top_cnt = self.top_counts.reshape(2 * r1, LANES).sum(-1)
+            top_sp = self.top_sums.reshape(2 * r1, LANES).sum(-1) / R
+            top_rel, _ = _reduce_fine(top_cnt, top_sp, grid)
+        return CaseStats(
+            n_valid=self.n_voxels - self.n_ignored, n_ignored=self.n_ignored,
+            confusion=self.confusion.reshape(L * L, LANES).sum(-1).reshape(L, L),
+            n_pos=cnt[:, r1:].sum(1), sum_p=sp.sum(1), sum_py=sp[:, r1:].sum(1),
+            sum_p2=self.sum_p2 / float(R) ** 2, nll_sum=self.nll,
+            cat_nll_sum=None if spec.has_regions else self.cat_nll, reliability=rel, top_reliability=top_rel,
+            sweep=sweep, n_clipped=self.n_clipped, fine_count=cnt.reshape(C, 2, r1),
+            fine_psum=sp[:, :r1] + sp[:, r1:])
+
+
+def _check_arrays(probabilities: np.ndarray, reference: np.ndarray, spec: TaskSpec, name: str,
+                  reference_name: str) -> None:
     C = spec.n_channels
     if probabilities.ndim < 2 or probabilities.shape[0] != C:
         raise EvaluationError(f"{name}: expected {C} channels ({'regions' if spec.has_regions else 'labels'} of "
@@ -153,186 +323,39 @@ def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: Task
         raise EvaluationError(f"{name}: probabilities must be floating point, got {probabilities.dtype}")
     if not np.issubdtype(reference.dtype, np.integer):
         raise EvaluationError(f"{reference_name}: reference must be an integer label map, got {reference.dtype}")
+
+
+def accumulate_case(probabilities: np.ndarray, reference: np.ndarray, spec: TaskSpec, grid: BinGrid = BinGrid(),
+                    eps: float = DEFAULT_EPS, name: str = "probabilities", reference_name: str = "reference",
+                    chunk: int = CHUNK, wait: Optional[Callable[[int, int], None]] = None) -> CaseStats:
+    """Statistics of one case, read once (each chunk of probabilities is visited while it is in cache).
+
+    ``probabilities``: ``(C, *shape)`` float16/32/64 (softmax for label models, sigmoid per region for region
+    models); ``reference``: integer label map of ``shape``. ``name``/``reference_name`` appear in error messages.
+
+    The voxels are visited channel by channel (per-channel histograms: channel ``c``'s data only), and the
+    cross-channel statistics are done chunk by chunk together with the last channel (see
+    :class:`CaseAccumulator`). ``wait(c, stop)``, if given, is called before the voxels ``[.., stop)`` of channel
+    ``c`` are read: the array can still be filling from a background thread (see :mod:`.npz`), so a case is
+    reduced while it is being inflated.
+    """
+    acc = CaseAccumulator(probabilities, reference, spec, grid, eps, name, reference_name, chunk)
     if wait is None:
         def wait(c, stop):
             return None
-
-    R = grid.resolution
-    r1 = R + 1
-    L = spec.n_label_values
-    P = probabilities.reshape(C, -1)
-    Y = reference.reshape(-1)
-    N = Y.size
-    ign = spec.ignore_label
-    tol = sum_tolerance(probabilities.dtype, C)
-    member_b = spec.channel_membership().astype(bool)  # (C, L)
-    chunk = max(1, min(chunk, N))
-    starts = range(0, N, chunk)
-    lanes_full = np.arange(chunk, dtype=np.intp) % LANES
-    W = 2 * r1 * LANES  # bincount length per channel: (y, fine bin, lane)
-    ibuf = np.empty(chunk, dtype=np.intp)  # reused scratch: bin indices
-    fbuf = np.empty(chunk, dtype=np.float64)  # and p * R
-
-    # the reference first (it is in memory): undeclared labels, ignore masks, valid voxel counts
-    valid_lut = np.zeros(L, dtype=bool)
-    valid_lut[list(spec.valid_labels)] = True
-    if ign is not None:
-        valid_lut[ign] = True
-    ymin, ymax = (int(Y.min()), int(Y.max())) if N else (0, 0)
-    if ymax >= L or ymin < 0 or (not valid_lut.all() and not valid_lut[Y].all()):
-        bad = Y[(Y < 0) | (Y >= L)] if (ymax >= L or ymin < 0) else Y[~valid_lut[Y]]
-        raise EvaluationError(f"{reference_name}: label {int(bad[0])} is not declared in dataset.json "
-                              f"(labels {list(spec.valid_labels)}{'' if ign is None else f', ignore {ign}'}); "
-                              f"fix the reference or dataset.json")
-    keeps = {}  # chunk start -> boolean mask of non-ignored voxels (only chunks that have ignored voxels)
-    n_ignored = 0
-    if ign is not None and ymax >= ign:
-        for s in starts:
-            yc = Y[s:s + chunk]
-            if int(yc.max()) >= ign:
-                keep = yc != ign
-                keeps[s] = keep
-                n_ignored += int(yc.size - np.count_nonzero(keep))
-    n_valid = N - n_ignored
-
-    cnt = np.zeros((C, W), dtype=np.int64)
-    sp = np.zeros((C, W), dtype=np.float64)
-    sum_p2 = np.zeros(C, dtype=np.float64)
-    nll = np.zeros(C, dtype=np.float64) if spec.has_regions else None
-    clipped = set()  # chunk starts with values outside [0, 1] (within tolerance)
-    n_clipped = 0
-
-    def values(c, s):
-        """Channel c of chunk s, ignore-label voxels dropped, float32/64; None when all are ignored."""
-        p = P[c, s:s + chunk]
-        keep = keeps.get(s)
-        if keep is not None:
-            p = p[keep]
-        if p.dtype != np.float32 and p.dtype != np.float64:
-            p = p.astype(np.float32)
-        return p
-
-    def labels(s):
-        y = Y[s:s + chunk]
-        keep = keeps.get(s)
-        return y[keep] if keep is not None else y
-
-    def channel_chunk(c, s):
-        nonlocal n_clipped
-        p = values(c, s)
-        n = p.size
-        if n == 0:
-            return
-        lo, hi = float(p.min()), float(p.max())
-        if not (lo >= -tol and hi <= 1.0 + tol):  # also catches NaN
-            what = "NaN" if (math.isnan(lo) or math.isnan(hi)) else f"values in [{lo:.6g}, {hi:.6g}]"
-            raise EvaluationError(f"{name}: probabilities contain {what}, outside [0, 1]; regenerate the file "
-                                  f"(nnUNetv2_train ... --val --npz or nnUNetv2_predict --save_probabilities)")
-        if lo < 0.0 or hi > 1.0:
-            n_clipped += int(np.count_nonzero((p < 0) | (p > 1)))
-            clipped.add(s)
-            p = np.clip(p, 0.0, 1.0)
-        y = labels(s)
-        pos = member_b[c][y] if spec.has_regions else (y == c)
-        t = np.multiply(p, R, dtype=np.float64, out=fbuf[:n])
-        sum_p2[c] += float(np.einsum("i,i->", t, t))
-        idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
-        np.add(idx, r1, out=idx, where=pos)
-        idx *= LANES
-        idx += lanes_full[:n]
-        cnt[c] += np.bincount(idx, minlength=W)
-        sp[c] += np.bincount(idx, weights=t, minlength=W)
-        if nll is not None:
-            q = np.where(pos, p, 1.0 - p)
-            nll[c] -= float(np.log(np.maximum(q, eps)).sum(dtype=np.float64))
-
-    confusion = np.zeros(L * L * LANES, dtype=np.int64)
-    top_cnt = np.zeros(W, dtype=np.int64)
-    top_sp = np.zeros(W, dtype=np.float64)
-    cat_nll = 0.0
-
-    def voxel_chunk(s):
-        nonlocal cat_nll, confusion
-        pc = P[:, s:s + chunk]
-        keep = keeps.get(s)
-        if keep is not None:
-            pc = pc[:, keep]
-        n = pc.shape[1]
-        if n == 0:
-            return
-        if pc.dtype != np.float32 and pc.dtype != np.float64:
-            pc = pc.astype(np.float32)
-        if s in clipped:
-            pc = np.clip(pc, 0.0, 1.0)
-        yi = labels(s).astype(np.intp)
-        lanes = lanes_full[:n]
-        if spec.has_regions:
-            pred = np.zeros(n, dtype=np.intp)
-            for i, c in enumerate(spec.regions_class_order):
-                np.copyto(pred, c, where=pc[i] > 0.5)
-        else:
-            tot = pc.sum(0)
-            dev = np.abs(tot - 1.0)
-            if not (dev <= tol).all():
-                raise EvaluationError(f"{name}: softmax probabilities do not sum to 1 over channels (worst voxel "
-                                      f"sums to {float(tot[np.argmax(dev)]):.6g}); is this a region (sigmoid) "
-                                      f"prediction or a wrong dataset.json?")
-            # argmax over a few channels: first maximum wins, as np.argmax (which is slow along axis 0)
-            pred = np.zeros(n, dtype=np.intp)
-            conf = pc[0].copy()
-            for c in range(1, C):
-                np.copyto(pred, c, where=pc[c] > conf)
-                np.maximum(conf, pc[c], out=conf)
-            # top-label confidence; "correct" = the predicted label is the reference label
-            t = np.multiply(conf, R, dtype=np.float64, out=fbuf[:n])
-            idx = np.ceil(t, out=ibuf[:n], casting="unsafe")
-            np.add(idx, r1, out=idx, where=pred == yi)
-            idx *= LANES
-            idx += lanes
-            top_cnt[:] += np.bincount(idx, minlength=W)
-            top_sp[:] += np.bincount(idx, weights=t, minlength=W)
-            ptrue = pc[0].copy()
-            for c in range(1, C):
-                np.copyto(ptrue, pc[c], where=yi == c)
-            cat_nll -= float(np.log(np.maximum(ptrue, eps)).sum(dtype=np.float64))
-        cidx = yi * L
-        cidx += pred
-        cidx *= LANES
-        cidx += lanes
-        confusion += np.bincount(cidx, minlength=L * L * LANES)
-
+    last, n = spec.n_channels - 1, acc.n_voxels
     try:
-        for c in range(C - 1):
-            for s in starts:
-                wait(c, min(s + chunk, N))
-                channel_chunk(c, s)
-        for s in starts:
-            wait(C - 1, min(s + chunk, N))
-            channel_chunk(C - 1, s)
-            voxel_chunk(s)
+        for c in range(last):
+            for s in acc.starts:
+                wait(c, min(s + acc.chunk, n))
+                acc.add_channel_chunk(c, s)
+        for s in acc.starts:
+            wait(last, min(s + acc.chunk, n))
+            acc.add_channel_chunk(last, s)
+            acc.add_voxel_chunk(s)
     except EvaluationError:
         # Bad values in a file still being read may come from a damaged deflate stream, which the reader only
         # proves at its end (CRC-32): let it finish, so that damage is reported as damage, not as bad values.
         wait(-1, -1)
         raise
-
-    # fold the lanes, undo the p * R scaling
-    cnt = cnt.reshape(C, 2 * r1, LANES).sum(-1)
-    sp = sp.reshape(C, 2 * r1, LANES).sum(-1) / R
-    top_cnt = top_cnt.reshape(2 * r1, LANES).sum(-1)
-    top_sp = top_sp.reshape(2 * r1, LANES).sum(-1) / R
-    confusion = confusion.reshape(L * L, LANES).sum(-1)
-
-    rel = np.zeros((C, grid.n_bins, 3))
-    sweep = np.zeros((C, len(grid.thresholds), 2), dtype=np.int64)
-    for ch in range(C):
-        rel[ch], sweep[ch] = _reduce_fine(cnt[ch], sp[ch], grid)
-    top_rel = None
-    if not spec.has_regions:
-        top_rel, _ = _reduce_fine(top_cnt, top_sp, grid)
-    return CaseStats(
-        n_valid=n_valid, n_ignored=n_ignored, confusion=confusion.reshape(L, L),
-        n_pos=cnt[:, r1:].sum(1), sum_p=sp.sum(1), sum_py=sp[:, r1:].sum(1), sum_p2=sum_p2 / float(R) ** 2,
-        nll_sum=nll, cat_nll_sum=None if spec.has_regions else cat_nll, reliability=rel,
-        top_reliability=top_rel, sweep=sweep, n_clipped=n_clipped, fine_count=cnt.reshape(C, 2, r1),
-        fine_psum=sp[:, :r1] + sp[:, r1:])
+    return acc.finish()

@@ -16,6 +16,7 @@ construction.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -31,6 +32,8 @@ import numpy as np
 from nnunet_losses.evaluation.errors import EvaluationError
 from nnunet_losses.evaluation.spec import TaskSpec
 
+#: the npz member nnU-Net v2 writes, then v1's
+PROBABILITY_KEYS = ("probabilities", "softmax")
 FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 #: a first spacing this many times larger than the others, on a single-slice array, is nnU-Net's 2D marker
 #: (SimpleITKIO writes 999 x the largest in-plane spacing, NaturalImage2DIO 999)
@@ -38,18 +41,22 @@ DUMMY_SPACING_RATIO = 100.0
 
 
 @dataclass
-class Case:
+class CaseFiles:
+    """The files of one predicted case (the ``Case`` of the dataset converters is another thing: a case to
+    convert)."""
     name: str
     fold: Optional[str]
     npz: Path
-    reference: Path
+    reference: Optional[Path]  # None when the cases were found without references (``threshold``)
     pkl: Optional[Path] = None
+    #: the command that writes this case's probabilities again, for error messages (:func:`rerun_hint`)
+    rerun: str = ""
 
 
 @dataclass
 class Source:
     """Everything needed to evaluate one model's predictions."""
-    cases: List[Case]
+    cases: List[CaseFiles]
     dataset_json: dict
     plans: Optional[dict]
     spec: TaskSpec
@@ -71,21 +78,29 @@ def read_json(path: Path, what: str) -> dict:
         raise EvaluationError(f"{path}: {what} is not valid JSON ({e})") from None
 
 
+@contextlib.contextmanager
+def _npz_errors(path: Path, hint: str):
+    """Reading errors of an npz file as one-line :class:`EvaluationError` naming the file."""
+    from nnunet_losses.evaluation.npz import NpzDamaged
+    try:
+        yield
+    except KeyError as e:
+        raise EvaluationError(f"{path}: no 'probabilities' (nnU-Net v2) or 'softmax' (v1) array, found "
+                              f"{e.args[0]}; {hint or 'was it written by nnU-Net with --npz / --save_probabilities?'}"
+                              ) from None
+    except (zipfile.BadZipFile, NpzDamaged, zlib.error, OSError, ValueError, EOFError) as e:
+        raise EvaluationError(f"{path}: cannot read the npz file ({type(e).__name__}: {e}); it is damaged"
+                              f"{'; ' + hint if hint else ''}") from None
+
+
 def load_probabilities(path: Path, hint: str = "") -> np.ndarray:
     """The ``probabilities`` (nnU-Net v2) or ``softmax`` (v1) array of an npz file."""
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"{path}: probabilities file is missing{'; ' + hint if hint else ''}")
-    from nnunet_losses.evaluation.npz import NpzDamaged, read_npz_array
-    try:
-        return read_npz_array(path, ("probabilities", "softmax"))[1]
-    except KeyError as e:
-        keys = e.args[0]
-    except (zipfile.BadZipFile, NpzDamaged, zlib.error, OSError, ValueError, EOFError) as e:
-        raise EvaluationError(f"{path}: cannot read the npz file ({type(e).__name__}: {e}); it is damaged"
-                              f"{'; ' + hint if hint else ''}") from None
-    raise EvaluationError(f"{path}: no 'probabilities' (nnU-Net v2) or 'softmax' (v1) array, found {keys}; "
-                          f"{hint or 'was it written by nnU-Net with --npz / --save_probabilities?'}")
+    from nnunet_losses.evaluation.npz import read_npz_array
+    with _npz_errors(path, hint):
+        return read_npz_array(path, PROBABILITY_KEYS)[1]
 
 
 class _Probabilities:
@@ -94,28 +109,12 @@ class _Probabilities:
     def __init__(self, path: Path, hint: str):
         from nnunet_losses.evaluation.npz import StreamedArray
         self.path, self.hint = path, hint
-        with self._translated():
-            self._s = StreamedArray(path, ("probabilities", "softmax"))
+        with _npz_errors(path, hint):
+            self._s = StreamedArray(path, PROBABILITY_KEYS)
         self.array = self._s.array
 
-    def _translated(self):
-        import contextlib
-        from nnunet_losses.evaluation.npz import NpzDamaged
-
-        @contextlib.contextmanager
-        def cm():
-            try:
-                yield
-            except KeyError as e:
-                raise EvaluationError(f"{self.path}: no 'probabilities' (nnU-Net v2) or 'softmax' (v1) array, found "
-                                      f"{e.args[0]}; {self.hint or 'was it written by nnU-Net with --npz?'}") from None
-            except (zipfile.BadZipFile, NpzDamaged, zlib.error, OSError, ValueError, EOFError) as e:
-                raise EvaluationError(f"{self.path}: cannot read the npz file ({type(e).__name__}: {e}); it is "
-                                      f"damaged{'; ' + self.hint if self.hint else ''}") from None
-        return cm()
-
     def wait(self, c: int = -1, stop: int = -1) -> None:
-        with self._translated():
+        with _npz_errors(self.path, self.hint):
             self._s.wait(c, stop)
 
     def __enter__(self):
@@ -193,9 +192,20 @@ def _env_path(name: str) -> Optional[Path]:
     return Path(v).resolve() if v else None
 
 
-def nnunet_folders() -> List[Path]:
+def exported_nnunet_folders() -> List[Path]:
+    """The folders named by ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` (those exported)."""
     return [p for p in (_env_path("nnUNet_raw"), _env_path("nnUNet_preprocessed"), _env_path("nnUNet_results"))
             if p is not None]
+
+
+def rerun_hint(trainer: Optional[dict] = None, fold: Optional[str] = None) -> str:
+    """What writes a case's probabilities (again): ``nnUNetv2_train ... --val --npz`` for a trainer folder
+    (``trainer``: the ``dataset``, ``configuration``, ``trainer``, ``plans`` of :func:`trainer_identity`),
+    else ``nnUNetv2_predict ... --save_probabilities``."""
+    if trainer is None:
+        return "rerun `nnUNetv2_predict ... --save_probabilities`"
+    return (f"rerun `nnUNetv2_train {trainer['dataset']} {trainer['configuration']} {fold} -tr {trainer['trainer']} "
+            f"-p {trainer['plans']} --val --npz` (validation without --npz writes no probabilities)")
 
 
 def _case_ids(folder: Path, file_ending: str) -> Dict[str, set]:
@@ -211,11 +221,12 @@ def _case_ids(folder: Path, file_ending: str) -> Dict[str, set]:
     return ids
 
 
-def _parse_trainer_folder_name(name: str) -> Tuple[str, str, str]:
-    parts = name.split("__")
-    if len(parts) == 3:
-        return parts[0], parts[1], parts[2]
-    return "TRAINER", "PLANS", "CONFIGURATION"
+def trainer_identity(folder: Path, plans: Optional[dict]) -> Dict[str, str]:
+    """``dataset``, ``trainer``, ``plans``, ``configuration`` of a trainer folder ``Trainer__Plans__Config``."""
+    parts = folder.name.split("__")
+    trainer, plans_name, configuration = parts if len(parts) == 3 else ("TRAINER", "PLANS", "CONFIGURATION")
+    return {"dataset": (plans or {}).get("dataset_name") or folder.parent.name, "trainer": trainer,
+            "plans": plans_name, "configuration": configuration}
 
 
 def _reader_writer(dataset_json: dict, plans: Optional[dict], example_file: Optional[Path]):
@@ -242,12 +253,8 @@ def resolve_folds(inputs: Sequence[str | Path], folds: Optional[Sequence[str]] =
     for p in paths:
         if not p.exists():
             raise EvaluationError(f"{p}: no such folder")
-    fold_dirs = []
-    for p in paths:
-        if p.name == "validation" and FOLD_RE.match(p.parent.name):
-            fold_dirs.append(p.parent)
-        elif FOLD_RE.match(p.name):
-            fold_dirs.append(p)
+    fold_dirs = [p.parent if p.name == "validation" and FOLD_RE.match(p.parent.name) else p for p in paths
+                 if FOLD_RE.match(p.name) or (p.name == "validation" and FOLD_RE.match(p.parent.name))]
     if fold_dirs:
         if len(fold_dirs) != len(paths):
             raise EvaluationError(f"mixing fold folders and other folders: {[str(p) for p in paths]}; give one "
@@ -261,40 +268,46 @@ def resolve_folds(inputs: Sequence[str | Path], folds: Optional[Sequence[str]] =
             names = [n for n in names if n in {str(f) for f in folds}]
         return parents.pop(), names
     if len(paths) == 1:
-        p = paths[0]
-        subs = sorted([d.name[5:] for d in p.iterdir() if d.is_dir() and FOLD_RE.match(d.name)],
+        subs = sorted([d.name[5:] for d in paths[0].iterdir() if d.is_dir() and FOLD_RE.match(d.name)],
                       key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0))
         if subs:
-            if folds:
-                wanted = [str(f) for f in folds]
-                for f in wanted:
-                    if f not in subs:
-                        raise EvaluationError(f"{p / ('fold_' + f)}: no such fold folder (found "
-                                              f"{['fold_' + s for s in subs]})")
-                return p, wanted
-            # fold 'all' validates on its own training cases: only when asked for explicitly
-            numeric = [s for s in subs if s.isdigit()]
-            if not numeric:
-                raise EvaluationError(f"{p}: only fold_all found; its validation cases are training cases, "
-                                      f"ask for it explicitly with -f all")
-            return p, numeric
+            return paths[0], _chosen_folds(paths[0], subs, folds)
     return None
+
+
+def _chosen_folds(folder: Path, found: List[str], folds: Optional[Sequence[str]]) -> List[str]:
+    if folds:
+        wanted = [str(f) for f in folds]
+        for f in wanted:
+            if f not in found:
+                raise EvaluationError(f"{folder / ('fold_' + f)}: no such fold folder (found "
+                                      f"{['fold_' + s for s in found]})")
+        return wanted
+    # fold 'all' validates on its own training cases: only when asked for explicitly
+    numeric = [s for s in found if s.isdigit()]
+    if not numeric:
+        raise EvaluationError(f"{folder}: only fold_all found; its validation cases are training cases, "
+                              f"ask for it explicitly with -f all")
+    return numeric
 
 
 def find_cases(inputs: Sequence[str | Path], reference_folder: Optional[str | Path] = None,
                folds: Optional[Sequence[str]] = None, dataset_json: Optional[str | Path] = None,
-               plans: Optional[str | Path] = None, chill: bool = False) -> Source:
-    """Resolve the inputs to cases (prediction + reference files) and the dataset description; checks that
-    every file is there before anything is computed."""
+               plans: Optional[str | Path] = None, chill: bool = False, references: bool = True) -> Source:
+    """Resolve the inputs to cases and the dataset description; checks that every file is there before anything
+    is computed. ``references=True`` (``evaluate``): every case needs its reference; ``references=False``
+    (``threshold``): no references, but every case needs the ``.pkl`` properties its label map is written
+    with."""
     if not inputs:
         raise EvaluationError("no input folder given")
     trainer = resolve_folds(inputs, folds)
     if trainer is not None:
-        return _from_trainer(trainer[0], trainer[1], reference_folder, dataset_json, plans)
+        return _from_trainer(trainer[0], trainer[1], reference_folder, dataset_json, plans, references)
     if len(inputs) != 1:
         raise EvaluationError(f"several inputs that are not fold folders: {[str(i) for i in inputs]}; give one "
                               f"prediction folder (with -ref) or one trainer folder")
-    return _from_prediction_folder(Path(inputs[0]).resolve(), reference_folder, dataset_json, plans, chill)
+    return _from_prediction_folder(Path(inputs[0]).resolve(), reference_folder, dataset_json, plans, chill,
+                                   references)
 
 
 def _load_descriptions(folder: Path, dataset_json, plans):
@@ -307,103 +320,139 @@ def _load_descriptions(folder: Path, dataset_json, plans):
     return dj, dj_path, pl
 
 
-def _from_trainer(folder: Path, fold_names: List[str], reference_folder, dataset_json, plans) -> Source:
-    dj, dj_path, pl = _load_descriptions(folder, dataset_json, plans)
-    spec = _spec(dj, dj_path)
-    fe = dj["file_ending"]
-    trainer_name, plans_name, configuration = _parse_trainer_folder_name(folder.name)
-    dataset_name = (pl or {}).get("dataset_name") or folder.parent.name
-    pre = _env_path("nnUNet_preprocessed")
-    splits = None
+def _trainer_references(dataset: str, reference_folder) -> Path:
+    """The reference folder of a trainer folder: ``-ref``, else nnU-Net's ``gt_segmentations``."""
     if reference_folder is None:
+        pre = _env_path("nnUNet_preprocessed")
         if pre is None:
             raise EvaluationError("nnUNet_preprocessed is not set: set it (references are read from "
                                   "nnUNet_preprocessed/<dataset>/gt_segmentations) or give the reference folder "
                                   "with -ref")
-        reference_folder = pre / dataset_name / "gt_segmentations"
-    if pre is not None and (pre / dataset_name / "splits_final.json").is_file():
-        splits = read_json(pre / dataset_name / "splits_final.json", "splits_final.json")
+        reference_folder = pre / dataset / "gt_segmentations"
     ref = Path(reference_folder).resolve()
     if not ref.is_dir():
         raise EvaluationError(f"{ref}: reference folder not found (nnU-Net writes gt_segmentations during "
                               f"nnUNetv2_plan_and_preprocess; or give -ref)")
+    return ref
 
-    def rerun(fold: str) -> str:
-        return (f"rerun `nnUNetv2_train {dataset_name} {configuration} {fold} -tr {trainer_name} -p {plans_name} "
-                f"--val --npz` (validation without --npz writes no probabilities)")
 
-    cases: List[Case] = []
+def _splits(dataset: str) -> Optional[list]:
+    pre = _env_path("nnUNet_preprocessed")
+    if pre is not None and (pre / dataset / "splits_final.json").is_file():
+        return read_json(pre / dataset / "splits_final.json", "splits_final.json")
+    return None
+
+
+def _properties(folder: Path, case: str, required: bool, hint: str) -> Optional[Path]:
+    pkl = folder / f"{case}.pkl"
+    if pkl.is_file():
+        return pkl
+    if required:
+        raise EvaluationError(f"{pkl}: case properties missing (nnU-Net writes them next to the npz); {hint}")
+    return None
+
+
+def _from_trainer(folder: Path, fold_names: List[str], reference_folder, dataset_json, plans,
+                  references: bool) -> Source:
+    dj, dj_path, pl = _load_descriptions(folder, dataset_json, plans)
+    spec = _spec(dj, dj_path)
+    identity = trainer_identity(folder, pl)
+    if not fold_names:
+        raise EvaluationError(f"{folder}: none of the folds asked for is among the inputs")
+    ref = _trainer_references(identity["dataset"], reference_folder) if references else None
+    splits = _splits(identity["dataset"])
+    cases: List[CaseFiles] = []
     seen: Dict[str, str] = {}
     for fold in fold_names:
-        vdir = folder / f"fold_{fold}" / "validation"
-        if not vdir.is_dir():
-            raise EvaluationError(f"{vdir}: no validation folder; {rerun(fold)}")
-        ids = _case_ids(vdir, fe)
         expected = None
         if splits is not None and fold.isdigit() and int(fold) < len(splits):
             expected = list(splits[int(fold)]["val"])
-        if expected is None:
-            expected = sorted(ids["npz"] | ids["seg"] | ids["pkl"])
-        if not expected:
-            raise EvaluationError(f"{vdir}: no validation cases; {rerun(fold)}")
-        extra = sorted(ids["npz"] - set(expected))
-        if extra:
-            raise EvaluationError(f"{vdir / (extra[0] + '.npz')}: case is not in fold {fold}'s validation split "
-                                  f"(splits_final.json); remove it or use the matching nnUNet_preprocessed")
-        for c in sorted(expected):
-            npz = vdir / f"{c}.npz"
-            if not npz.is_file():
-                raise EvaluationError(f"{npz}: probabilities missing; {rerun(fold)}")
-            if c in seen:
-                raise EvaluationError(f"{npz}: case {c} is also in fold_{seen[c]}; evaluate these folds separately")
-            seen[c] = fold
-            r = ref / f"{c}{fe}"
+        cases += _fold_cases(folder / f"fold_{fold}" / "validation", fold, dj["file_ending"], expected, ref, seen,
+                             rerun_hint(identity, fold))
+    example = cases[0].reference if references else next(cases[0].npz.parent.glob("*" + dj["file_ending"]), None)
+    description = {"mode": "trainer", "trainer_folder": str(folder), "folds": fold_names, **identity}
+    if ref is not None:
+        description["reference_folder"] = str(ref)
+    return Source(cases, dj, pl, spec, _reader_writer(dj, pl, example), name=folder.name, description=description,
+                  protected=[folder] + ([ref] if ref is not None else []))
+
+
+def _fold_cases(vdir: Path, fold: str, file_ending: str, expected: Optional[List[str]], ref: Optional[Path],
+                seen: Dict[str, str], hint: str) -> List[CaseFiles]:
+    """The cases of one fold's validation folder: those of the split when known, else those found."""
+    if not vdir.is_dir():
+        raise EvaluationError(f"{vdir}: no validation folder; {hint}")
+    ids = _case_ids(vdir, file_ending)
+    if expected is None:
+        expected = sorted(ids["npz"] | ids["seg"] | ids["pkl"])
+    if not expected:
+        raise EvaluationError(f"{vdir}: no validation cases; {hint}")
+    extra = sorted(ids["npz"] - set(expected))
+    if extra:
+        raise EvaluationError(f"{vdir / (extra[0] + '.npz')}: case is not in fold {fold}'s validation split "
+                              f"(splits_final.json); remove it or use the matching nnUNet_preprocessed")
+    cases = []
+    for c in sorted(expected):
+        npz = vdir / f"{c}.npz"
+        if not npz.is_file():
+            raise EvaluationError(f"{npz}: probabilities missing; {hint}")
+        if c in seen:
+            raise EvaluationError(f"{npz}: case {c} is also in fold_{seen[c]}; evaluate these folds separately")
+        seen[c] = fold
+        r = None
+        if ref is not None:
+            r = ref / f"{c}{file_ending}"
             if not r.is_file():
                 raise EvaluationError(f"{npz}: no reference {r}; is nnUNet_preprocessed the one this model was "
                                       f"trained with?")
-            pkl = vdir / f"{c}.pkl"
-            cases.append(Case(c, fold, npz, r, pkl if pkl.is_file() else None))
-    rw = _reader_writer(dj, pl, cases[0].reference if cases else None)
-    return Source(cases, dj, pl, spec, rw, name=folder.name,
-                  description={"mode": "trainer", "trainer_folder": str(folder), "folds": fold_names,
-                               "reference_folder": str(ref), "dataset": dataset_name, "trainer": trainer_name,
-                               "plans": plans_name, "configuration": configuration},
-                  protected=[folder, ref])
+        cases.append(CaseFiles(c, fold, npz, r, _properties(vdir, c, ref is None, hint), hint))
+    return cases
 
 
-def _from_prediction_folder(folder: Path, reference_folder, dataset_json, plans, chill: bool) -> Source:
+def _from_prediction_folder(folder: Path, reference_folder, dataset_json, plans, chill: bool,
+                            references: bool) -> Source:
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: no such folder")
-    if reference_folder is None:
+    if references and reference_folder is None:
         raise EvaluationError(f"{folder}: not a trainer or fold folder; for a prediction folder give the reference "
                               f"folder with -ref")
-    ref = Path(reference_folder).resolve()
-    if not ref.is_dir():
-        raise EvaluationError(f"{ref}: reference folder not found")
     dj, dj_path, pl = _load_descriptions(folder, dataset_json, plans)
     spec = _spec(dj, dj_path)
     fe = dj["file_ending"]
     ids = _case_ids(folder, fe)
+    hint = rerun_hint()
     if not ids["npz"]:
-        hint = (" (found segmentations only: predict with --save_probabilities)" if ids["seg"] else "")
-        raise EvaluationError(f"{folder}: no .npz probabilities{hint}; rerun `nnUNetv2_predict ... "
-                              f"--save_probabilities` or, for a training run, `nnUNetv2_train ... --val --npz`")
+        found = " (found segmentations only: predict with --save_probabilities)" if ids["seg"] else ""
+        raise EvaluationError(f"{folder}: no .npz probabilities{found}; {hint} or, for a training run, "
+                              f"`nnUNetv2_train ... --val --npz`")
     missing_npz = sorted(ids["seg"] - ids["npz"])
     if missing_npz:
         raise EvaluationError(f"{folder / (missing_npz[0] + '.npz')}: probabilities missing next to "
-                              f"{missing_npz[0]}{fe}; rerun `nnUNetv2_predict ... --save_probabilities`")
-    refs = {f.name[: -len(fe)] for f in ref.iterdir() if f.name.endswith(fe)}
-    no_ref = sorted(ids["npz"] - refs)
+                              f"{missing_npz[0]}{fe}; {hint}")
+    names = sorted(ids["npz"])
+    ref, description = None, {"mode": "predictions", "prediction_folder": str(folder)}
+    if references:
+        ref = Path(reference_folder).resolve()
+        description.update(reference_folder=str(ref),
+                           references_without_prediction=_check_references(folder, ref, names, fe, chill))
+    cases = [CaseFiles(c, None, folder / f"{c}.npz", ref / f"{c}{fe}" if ref is not None else None,
+                       _properties(folder, c, not references, hint), hint) for c in names]
+    example = cases[0].reference if references else next(folder.glob("*" + fe), None)
+    return Source(cases, dj, pl, spec, _reader_writer(dj, pl, example), name=folder.name, description=description,
+                  protected=[folder] + ([ref] if ref is not None else []))
+
+
+def _check_references(folder: Path, ref: Path, names: List[str], file_ending: str, chill: bool) -> int:
+    """Every prediction needs a reference; references without prediction need ``chill``; returns their count."""
+    if not ref.is_dir():
+        raise EvaluationError(f"{ref}: reference folder not found")
+    refs = {f.name[: -len(file_ending)] for f in ref.iterdir() if f.name.endswith(file_ending)}
+    no_ref = sorted(set(names) - refs)
     if no_ref:
-        raise EvaluationError(f"{folder / (no_ref[0] + '.npz')}: no reference {ref / (no_ref[0] + fe)}")
-    no_pred = sorted(refs - ids["npz"])
+        raise EvaluationError(f"{folder / (no_ref[0] + '.npz')}: no reference {ref / (no_ref[0] + file_ending)}")
+    no_pred = sorted(refs - set(names))
     if no_pred and not chill:
-        raise EvaluationError(f"{ref / (no_pred[0] + fe)}: reference without prediction {folder / (no_pred[0] + '.npz')} "
-                              f"({len(no_pred)} such); predict them or pass --chill to evaluate the predicted cases only")
-    cases = [Case(c, None, folder / f"{c}.npz", ref / f"{c}{fe}",
-                  folder / f"{c}.pkl" if (folder / f"{c}.pkl").is_file() else None) for c in sorted(ids["npz"])]
-    rw = _reader_writer(dj, pl, cases[0].reference)
-    return Source(cases, dj, pl, spec, rw, name=folder.name,
-                  description={"mode": "predictions", "prediction_folder": str(folder), "reference_folder": str(ref),
-                               "references_without_prediction": len(no_pred)},
-                  protected=[folder, ref])
+        raise EvaluationError(f"{ref / (no_pred[0] + file_ending)}: reference without prediction "
+                              f"{folder / (no_pred[0] + '.npz')} ({len(no_pred)} such); predict them or pass --chill "
+                              f"to evaluate the predicted cases only")
+    return len(no_pred)

@@ -17,11 +17,12 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.formatting import number, p_value
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED, holm, one_sample, paired
 
 CLASS_METRICS = ("Dice", "soft_Dice", "dV", "abs_dV", "dV_soft", "abs_dV_soft", "NLL", "Brier", "ECE")
@@ -51,8 +52,114 @@ def load_evaluation(path) -> dict:
     return s
 
 
-def _table(s: dict) -> Dict[str, dict]:
-    return {c["case"]: c for c in s["metric_per_case"]}
+class _Table:
+    """Per-case values of one evaluation on the common cases, as float64 arrays (NaN kept)."""
+
+    def __init__(self, summary: dict, cases: Sequence[str]):
+        by_case = {c["case"]: c for c in summary["metric_per_case"]}
+        self.rows = [by_case[c] for c in cases]
+
+    def values(self, metric: str, key: Optional[str]) -> np.ndarray:
+        """``metric`` of class ``key`` per case, or the case-level calibration ``metric`` when ``key`` is None."""
+        if key is None:
+            return np.array([r["calibration"][metric] for r in self.rows], dtype=np.float64)
+        return np.array([r["metrics"][key][metric] for r in self.rows], dtype=np.float64)
+
+
+def _model_names(sums: Sequence[dict], names: Optional[Sequence[str]]) -> List[str]:
+    if names is None:
+        names = [s.get("name") or Path(s.get("_path", f"model{i}")).parent.name for i, s in enumerate(sums)]
+    names = list(names)
+    if len(names) != len(sums):
+        raise EvaluationError(f"{len(names)} names for {len(sums)} evaluations")
+    if len(set(names)) != len(names):
+        names = [f"{n} [{i + 1}]" for i, n in enumerate(names)]
+    return names
+
+
+def _check_comparable(sums: Sequence[dict], names: Sequence[str]) -> str:
+    """Same classes and volume unit in every evaluation; returns the unit."""
+    keys = list(sums[0]["mean"].keys())
+    for s, n in zip(sums[1:], names[1:]):
+        if list(s["mean"].keys()) != keys:
+            raise EvaluationError(f"{s.get('_path', n)}: classes {list(s['mean'].keys())} differ from {keys} of "
+                                  f"{sums[0].get('_path', names[0])}; compare models of the same dataset")
+    units = {s["volume_unit"] for s in sums}
+    if len(units) != 1:
+        raise EvaluationError(f"evaluations use different volume units {sorted(units)}")
+    return units.pop()
+
+
+def _common_cases(sums: Sequence[dict], names: Sequence[str], common_cases: bool) -> List[str]:
+    case_sets = [{c["case"] for c in s["metric_per_case"]} for s in sums]
+    common = sorted(set.intersection(*case_sets))
+    for cases, s, n in zip(case_sets, sums, names):
+        extra = sorted(cases - set(common))
+        if extra and not common_cases:
+            raise EvaluationError(f"{s.get('_path') or n}: case {extra[0]} is not evaluated for every model "
+                                  f"({len(extra)} such); evaluate the same folds, or pass --common_cases")
+    if not common:
+        raise EvaluationError("the evaluations have no case in common")
+    return common
+
+
+def _holm_columns(family: List[dict]) -> None:
+    """Add the Holm-adjusted ``p_bootstrap_holm`` and ``p_wilcoxon_holm`` over one family of tests."""
+    for col in ("p_bootstrap", "p_wilcoxon"):
+        for r, adjusted in zip(family, holm([r[col] for r in family])):
+            r[col + "_holm"] = float(adjusted)
+
+
+def model_means(tables: Sequence[_Table], names, keys, class_metrics) -> List[dict]:
+    """Mean (NaN cases left out) of every metric per model and class; the case-level ones as class "all"."""
+    rows = []
+    for t, n in zip(tables, names):
+        cells = [(m, k, t.values(m, k)) for m in class_metrics for k in keys]
+        cells += [(m, "all", t.values(m, None)) for m in CASE_METRICS]
+        for m, k, v in cells:
+            ok = ~np.isnan(v)
+            rows.append({"model": n, "metric": m, "class": k, "mean": float(v[ok].mean()) if ok.any() else math.nan,
+                         "n": int(ok.sum()), "n_nan": int((~ok).sum())})
+    return rows
+
+
+def volume_bias(tables: Sequence[_Table], names, keys, n_boot: int, seed: int, alpha: float) -> List[dict]:
+    """Per model and bias metric: mean against 0 per class, Holm across the classes (seed 001's Table 1 flags)."""
+    rows = []
+    for t, n in zip(tables, names):
+        for m in BIAS_METRICS:
+            family = [dict(model=n, metric=m, **{"class": k}, **one_sample(t.values(m, k), n_boot, seed, alpha))
+                      for k in keys]
+            _holm_columns(family)
+            for r in family:
+                significant = r["p_bootstrap_holm"] < alpha
+                r["bias"] = ("over" if r["mean"] > 0 else "under") if significant else ""
+            rows += family
+    return rows
+
+
+def better_model(row: dict, metric: str, alpha: float) -> str:
+    """The model of a paired row (``mean_diff`` = B - A) whose mean is significantly better, else ""."""
+    higher_is_better = HIGHER_IS_BETTER[metric]
+    if row["p_bootstrap_holm"] >= alpha or higher_is_better is None or row["mean_diff"] == 0:
+        return ""
+    return row["model_b"] if (row["mean_diff"] > 0) == higher_is_better else row["model_a"]
+
+
+def paired_differences(tables: Sequence[_Table], names, keys, class_metrics, n_boot: int, seed: int,
+                       alpha: float) -> List[dict]:
+    """Every pair (B - A, A listed first), metric and class; Holm across the classes of each (pair, metric)."""
+    rows = []
+    families = [(m, keys) for m in class_metrics] + [(m, [None]) for m in CASE_METRICS]
+    for (ta, a), (tb, b) in itertools.combinations(zip(tables, names), 2):
+        for m, family_keys in families:
+            family = [{"model_a": a, "model_b": b, "metric": m, "class": k if k is not None else "all",
+                       **paired(ta.values(m, k), tb.values(m, k), n_boot, seed, alpha)} for k in family_keys]
+            _holm_columns(family)
+            for r in family:
+                r["better"] = better_model(r, m, alpha)
+            rows += family
+    return rows
 
 
 def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequence[str]] = None,
@@ -62,119 +169,36 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
     if len(evaluations) < 2:
         raise EvaluationError("compare needs at least two evaluations")
     sums = [e if isinstance(e, dict) else load_evaluation(e) for e in evaluations]
-    if names is None:
-        names = [s.get("name") or Path(s.get("_path", f"model{i}")).parent.name for i, s in enumerate(sums)]
-    names = list(names)
-    if len(names) != len(sums):
-        raise EvaluationError(f"{len(names)} names for {len(sums)} evaluations")
-    if len(set(names)) != len(names):
-        names = [f"{n} [{i + 1}]" for i, n in enumerate(names)]
+    names = _model_names(sums, names)
+    unit = _check_comparable(sums, names)
     keys = list(sums[0]["mean"].keys())
-    for s, n in zip(sums[1:], names[1:]):
-        if list(s["mean"].keys()) != keys:
-            raise EvaluationError(f"{s.get('_path', n)}: classes {list(s['mean'].keys())} differ from {keys} of "
-                                  f"{sums[0].get('_path', names[0])}; compare models of the same dataset")
-    units = {s["volume_unit"] for s in sums}
-    if len(units) != 1:
-        raise EvaluationError(f"evaluations use different volume units {sorted(units)}")
-    unit = units.pop()
-    tables = [_table(s) for s in sums]
-    common = sorted(set.intersection(*[set(t) for t in tables]))
-    for t, s, n in zip(tables, sums, names):
-        extra = sorted(set(t) - set(common))
-        if extra and not common_cases:
-            raise EvaluationError(f"{s.get('_path') or n}: case {extra[0]} is not evaluated for every model "
-                                  f"({len(extra)} such); evaluate the same folds, or pass --common_cases")
-    if not common:
-        raise EvaluationError("the evaluations have no case in common")
-
-    def values(i: int, metric: str, key: Optional[str]) -> np.ndarray:
-        t = tables[i]
-        if key is None:
-            return np.array([t[c]["calibration"][metric] for c in common], dtype=np.float64)
-        return np.array([t[c]["metrics"][key][metric] for c in common], dtype=np.float64)
-
+    common = _common_cases(sums, names, common_cases)
+    tables = [_Table(s, common) for s in sums]
     regions = sums[0].get("task", {}).get("type") == "regions"
     class_metrics = [m for m in CLASS_METRICS if m != "NLL" or regions]
-
-    # per-model means and volume bias against 0
-    model_rows = []
-    for i, n in enumerate(names):
-        for m in class_metrics:
-            for k in keys:
-                v = values(i, m, k)
-                ok = ~np.isnan(v)
-                model_rows.append({"model": n, "metric": m, "class": k, "mean": float(v[ok].mean()) if ok.any() else math.nan,
-                                   "n": int(ok.sum()), "n_nan": int((~ok).sum())})
-        for m in CASE_METRICS:
-            v = values(i, m, None)
-            ok = ~np.isnan(v)
-            model_rows.append({"model": n, "metric": m, "class": "all", "mean": float(v[ok].mean()) if ok.any() else math.nan,
-                               "n": int(ok.sum()), "n_nan": int((~ok).sum())})
-    bias_rows = []
-    for i, n in enumerate(names):
-        for m in BIAS_METRICS:
-            fam = [dict(model=n, metric=m, **{"class": k}, **one_sample(values(i, m, k), n_boot, seed, alpha)) for k in keys]
-            for col in ("p_bootstrap", "p_wilcoxon"):
-                for r, a in zip(fam, holm([r[col] for r in fam])):
-                    r[col + "_holm"] = float(a)
-            for r in fam:
-                sig = r["p_bootstrap_holm"] < alpha
-                r["bias"] = ("over" if r["mean"] > 0 else "under") if sig else ""
-            bias_rows += fam
-
-    pair_rows = []
-    for (ia, a), (ib, b) in itertools.combinations(enumerate(names), 2):
-        fams = [(m, keys) for m in class_metrics] + [(m, [None]) for m in CASE_METRICS]
-        for m, fam_keys in fams:
-            fam = []
-            for k in fam_keys:
-                r = paired(values(ia, m, k), values(ib, m, k), n_boot, seed, alpha)
-                fam.append({"model_a": a, "model_b": b, "metric": m, "class": k if k is not None else "all", **r})
-            for col in ("p_bootstrap", "p_wilcoxon"):
-                for r, adj in zip(fam, holm([r[col] for r in fam])):
-                    r[col + "_holm"] = float(adj)
-            for r in fam:
-                hib = HIGHER_IS_BETTER[m]
-                sig = r["p_bootstrap_holm"] < alpha
-                if not sig or hib is None or r["mean_diff"] == 0:
-                    r["better"] = ""
-                else:
-                    r["better"] = b if (r["mean_diff"] > 0) == hib else a
-            pair_rows += fam
-
     result = {"models": names, "sources": [s.get("_path") for s in sums], "classes": keys, "volume_unit": unit,
               "n_cases": len(common), "cases": common, "alpha": alpha, "n_boot": n_boot, "seed": seed,
-              "model_means": model_rows, "volume_bias": bias_rows, "paired": pair_rows}
+              "model_means": model_means(tables, names, keys, class_metrics),
+              "volume_bias": volume_bias(tables, names, keys, n_boot, seed, alpha),
+              "paired": paired_differences(tables, names, keys, class_metrics, n_boot, seed, alpha)}
     if output_folder is not None:
-        from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_csv, write_json
-        dest = check_destination(Path(output_folder), [], overwrite,
-                                 list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
-        with AtomicFolder(dest) as tmp:
-            write_json(result, tmp / "comparison.json", sort_keys=False)
-            write_csv(pair_rows, tmp / "comparison.csv")
-            write_csv(bias_rows, tmp / "volume_bias.csv")
-            (tmp / "comparison.md").write_text(comparison_markdown(result))
-            if plots:
-                from nnunet_losses.evaluation.plots import volume_error_per_trainer
-                per = {n: {k: values(i, "dV", k).tolist() for k in keys} for i, n in enumerate(names)}
-                volume_error_per_trainer(per, unit, tmp / "volume_error_per_trainer.png")
-        result["output_folder"] = str(dest)
+        per_model_dV = {n: {k: t.values("dV", k).tolist() for k in keys} for t, n in zip(tables, names)}
+        result["output_folder"] = str(_write_comparison(result, per_model_dV, Path(output_folder), overwrite, plots))
     return result
 
 
-def _f(v, d=4):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "NaN"
-    if isinstance(v, float):
-        return f"{v:.{d}g}" if (v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4)) else f"{v:.{d}f}"
-    return str(v)
-
-
-def _p(v):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "NaN"
-    return f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
+def _write_comparison(result: dict, per_model_dV: dict, output_folder: Path, overwrite: bool, plots: bool) -> Path:
+    from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_csv, write_json
+    dest = check_destination(output_folder, [], overwrite, list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
+    with AtomicFolder(dest) as tmp:
+        write_json(result, tmp / "comparison.json", sort_keys=False)
+        write_csv(result["paired"], tmp / "comparison.csv")
+        write_csv(result["volume_bias"], tmp / "volume_bias.csv")
+        (tmp / "comparison.md").write_text(comparison_markdown(result))
+        if plots:
+            from nnunet_losses.evaluation.plots import volume_error_per_trainer
+            volume_error_per_trainer(per_model_dV, result["volume_unit"], tmp / "volume_error_per_trainer.png")
+    return dest
 
 
 def comparison_markdown(result: dict) -> str:
@@ -197,7 +221,7 @@ def comparison_markdown(result: dict) -> str:
                 if r is None:
                     cells.append("-")
                     continue
-                cell = _f(r["mean"])
+                cell = number(r["mean"])
                 b = bias.get((n, m, k))
                 if b is not None and b["bias"] == "under":
                     cell = f"*{cell}*"
@@ -212,10 +236,10 @@ def comparison_markdown(result: dict) -> str:
               "| A | B | metric | class | mean A | mean B | B - A [95% CI] | p bootstrap (Holm) | p Wilcoxon (Holm) "
               "| n | better |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["paired"]:
-        lines.append(f"| {r['model_a']} | {r['model_b']} | {r['metric']} | {r['class']} | {_f(r['mean_a'])} | "
-                     f"{_f(r['mean_b'])} | {_f(r['mean_diff'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}] | "
-                     f"{_p(r['p_bootstrap'])} ({_p(r['p_bootstrap_holm'])}) | {_p(r['p_wilcoxon'])} "
-                     f"({_p(r['p_wilcoxon_holm'])}) | {r['n']} | {r['better']} |")
+        lines.append(f"| {r['model_a']} | {r['model_b']} | {r['metric']} | {r['class']} | {number(r['mean_a'])} | "
+                     f"{number(r['mean_b'])} | {number(r['mean_diff'])} [{number(r['ci_low'])}, {number(r['ci_high'])}] | "
+                     f"{p_value(r['p_bootstrap'])} ({p_value(r['p_bootstrap_holm'])}) | {p_value(r['p_wilcoxon'])} "
+                     f"({p_value(r['p_wilcoxon_holm'])}) | {r['n']} | {r['better']} |")
     lines += ["", f"'better': the model whose mean is significantly better (Holm-adjusted bootstrap p < {alpha}); "
               "empty when not significant or the metric has no better direction (signed dV)."]
     return "\n".join(lines) + "\n"

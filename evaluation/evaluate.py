@@ -7,8 +7,6 @@ cases are spread over worker processes.
 """
 from __future__ import annotations
 
-import multiprocessing
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -20,9 +18,10 @@ from nnunet_losses.evaluation.decision_summary import decisions_for_cases
 from nnunet_losses.evaluation.decisions import case_cuts, fine_histograms
 from nnunet_losses.evaluation.errors import EvaluationError
 from nnunet_losses.evaluation.volume import case_volume, volume_summary
-from nnunet_losses.evaluation.cases import Case, Source, find_cases, load_properties, load_reference, open_probabilities, voxel_volume
+from nnunet_losses.evaluation.cases import CaseFiles, Source, find_cases, load_properties, load_reference, open_probabilities, voxel_volume
 from nnunet_losses.evaluation.metrics import (CALIBRATION_METRICS, case_metrics, dice_jaccard_check, means, nan_stats, pooled_calibration,
                       size_deciles, threshold_sweep)
+from nnunet_losses.evaluation.parallel import map_cases
 from nnunet_losses.evaluation.spec import TaskSpec
 
 OUTPUT_FILES = ("summary.json", "per_case.csv", "threshold_sweep.csv", "size_deciles.csv", "reliability.csv",
@@ -34,15 +33,7 @@ PLOT_FILES = ("reliability_diagram.png", "dice_vs_threshold.png", "dice_vs_size_
 # ---------------------------------------------------------------------------------------------------------------
 # per case (runs in worker processes too)
 # ---------------------------------------------------------------------------------------------------------------
-def _hint(source_description: dict, case: Case) -> str:
-    d = source_description
-    if d.get("mode") == "trainer":
-        return (f"rerun `nnUNetv2_train {d['dataset']} {d['configuration']} {case.fold} -tr {d['trainer']} "
-                f"-p {d['plans']} --val --npz`")
-    return "rerun `nnUNetv2_predict ... --save_probabilities`"
-
-
-def _check_geometry(case: Case, ref_props: dict, props: Optional[dict]) -> None:
+def _check_geometry(case: CaseFiles, ref_props: dict, props: Optional[dict]) -> None:
     if props is None:
         return
     a, b = props.get("spacing"), ref_props.get("spacing")
@@ -59,14 +50,14 @@ def _check_geometry(case: Case, ref_props: dict, props: Optional[dict]) -> None:
                                       f"the same image")
 
 
-def process_case(case: Case, spec: TaskSpec, grid: BinGrid, eps: float, reader_writer_class, hint: str) -> dict:
+def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, reader_writer_class) -> dict:
     """Read one case and reduce it to its statistics. The probabilities are inflated by a background thread
     while the reduction walks through them (:func:`.accumulate.accumulate_case` waits for each part), so the
     case is read and reduced at the same time and only one case is in memory."""
     ref, ref_props = load_reference(case.reference, reader_writer_class())
     props = load_properties(case.pkl)
     _check_geometry(case, ref_props, props)
-    with open_probabilities(case.npz, hint) as probs:
+    with open_probabilities(case.npz, case.rerun) as probs:
         stats = accumulate_case(probs.array, ref, spec, grid, eps, name=str(case.npz),
                                 reference_name=str(case.reference), wait=probs.wait)
         # the decision rules' exact cuts: the pass's fine histograms + the in-memory case (no second read)
@@ -77,53 +68,13 @@ def process_case(case: Case, spec: TaskSpec, grid: BinGrid, eps: float, reader_w
             "shape": [int(s) for s in ref.shape]}
 
 
-_W: dict = {}
-
-
-def _init_worker(spec, grid, eps, rw_class, description):
-    _W.update(spec=spec, grid=grid, eps=eps, rw=rw_class, description=description)
-
-
-def _work(item):
-    i, case = item
-    return i, process_case(case, _W["spec"], _W["grid"], _W["eps"], _W["rw"], _hint(_W["description"], case))
-
-
-def mp_context():
-    """Worker processes: ``fork`` on Linux (workers use numpy and the image reader only, so they need not import
-    torch again as ``spawn`` workers would -- seconds each), ``spawn`` elsewhere or once CUDA is initialised."""
-    torch = sys.modules.get("torch")
-    cuda = torch is not None and getattr(torch, "cuda", None) is not None and torch.cuda.is_initialized()
-    if sys.platform.startswith("linux") and not cuda:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="case", file=sys.stderr, dynamic_ncols=True)
-
-
 def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
                  progress: bool = False) -> List[dict]:
     """Per-case statistics, in this process (each case read and reduced at once, see :func:`process_case`) or
     spread over ``num_processes`` worker processes."""
-    cases = source.cases
-    results: List[Optional[dict]] = [None] * len(cases)
-    with _progress(len(cases), progress, f"evaluating {source.name}") as bar:
-        if num_processes > 1 and len(cases) > 1:
-            ctx = mp_context()
-            with ctx.Pool(min(num_processes, len(cases)), initializer=_init_worker,
-                          initargs=(source.spec, grid, eps, source.reader_writer_class, source.description)) as pool:
-                for i, res in pool.imap_unordered(_work, list(enumerate(cases))):
-                    results[i] = res
-                    bar.update()
-        else:
-            for i, case in enumerate(cases):
-                results[i] = process_case(case, source.spec, grid, eps, source.reader_writer_class,
-                                          _hint(source.description, case))
-                bar.update()
-    return results  # type: ignore[return-value]
+    return map_cases(process_case, source.cases, dict(spec=source.spec, grid=grid, eps=eps,
+                                                      reader_writer_class=source.reader_writer_class),
+                     num_processes, progress, f"evaluating {source.name}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,6 +101,30 @@ def volume_block(spec: TaskSpec, per_case: List[dict], stats: List[CaseStats]) -
     return out
 
 
+def _per_fold(per_case: List[dict], keys: List[str]) -> dict:
+    out = {}
+    for fold in sorted({c["fold"] for c in per_case if c["fold"] is not None}, key=str):
+        rows = [c for c in per_case if c["fold"] == fold]
+        fm, ffg, _ = means(rows, keys)
+        out[str(fold)] = {"n_cases": len(rows), "mean": fm, "foreground_mean": ffg,
+                          "calibration_mean": {k: nan_stats([c["calibration"][k] for c in rows])["mean"]
+                                               for k in CALIBRATION_METRICS}}
+    return out
+
+
+def _empty_cases(per_case: List[dict], keys: List[str]) -> dict:
+    out = {}
+    for k in keys:
+        rows = [c["metrics"][k] for c in per_case]
+        out[k] = {"n_cases": len(rows),
+                  "n_empty_reference": sum(1 for r in rows if r["n_ref"] == 0),
+                  "n_empty_prediction": sum(1 for r in rows if r["n_pred"] == 0),
+                  "n_empty_reference_and_prediction": sum(1 for r in rows if r["n_ref"] == 0 and r["n_pred"] == 0),
+                  "note": "Dice/IoU of empty reference and prediction are NaN (nnU-Net's convention) and left out "
+                          "of the means; see nan_counts"}
+    return out
+
+
 def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float,
                   fixed_threshold: float = 0.5) -> dict:
     spec = source.spec
@@ -173,29 +148,13 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
                                     fixed_threshold)
     volume = volume_block(spec, per_case, stats)
     mean, fg, nan_counts = means(per_case, keys)
-    per_fold = {}
-    for fold in sorted({c["fold"] for c in per_case if c["fold"] is not None}, key=str):
-        rows = [c for c in per_case if c["fold"] == fold]
-        fm, ffg, _ = means(rows, keys)
-        per_fold[str(fold)] = {"n_cases": len(rows), "mean": fm, "foreground_mean": ffg,
-                               "calibration_mean": {k: nan_stats([c["calibration"][k] for c in rows])["mean"]
-                                                    for k in CALIBRATION_METRICS}}
-    empty = {}
-    for k in keys:
-        rows = [c["metrics"][k] for c in per_case]
-        empty[k] = {"n_cases": len(rows),
-                    "n_empty_reference": sum(1 for r in rows if r["n_ref"] == 0),
-                    "n_empty_prediction": sum(1 for r in rows if r["n_pred"] == 0),
-                    "n_empty_reference_and_prediction": sum(1 for r in rows if r["n_ref"] == 0 and r["n_pred"] == 0),
-                    "note": "Dice/IoU of empty reference and prediction are NaN (nnU-Net's convention) and left out "
-                            "of the means; see nan_counts"}
     summary = {
         "metric_per_case": per_case,
         "mean": mean,
         "foreground_mean": fg,
         "nan_counts": nan_counts,
-        "empty_cases": empty,
-        "per_fold": per_fold,
+        "empty_cases": _empty_cases(per_case, keys),
+        "per_fold": _per_fold(per_case, keys),
         "calibration": {"pooled": pooled_calibration(stats, spec, grid),
                         "per_case": {k: nan_stats([c["calibration"][k] for c in per_case]) for k in CALIBRATION_METRICS}},
         "threshold_sweep": sweep,

@@ -15,70 +15,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_losses.evaluation.accumulate import sum_tolerance
 from nnunet_losses.evaluation.errors import EvaluationError
-from nnunet_losses.evaluation.cases import (Case, _load_descriptions, _parse_trainer_folder_name, _reader_writer, _spec, load_probabilities,
-                     load_properties, resolve_folds)
+from nnunet_losses.evaluation.cases import CaseFiles, find_cases, load_probabilities, load_properties
+from nnunet_losses.evaluation.parallel import map_cases
+from nnunet_losses.evaluation.probabilities import check_range, check_sums_to_one, sum_tolerance
 from nnunet_losses.evaluation.spec import TaskSpec
-
-
-def _collect(inputs: Sequence, folds, dataset_json, plans):
-    """``(cases, dataset_json, plans, spec, rw class, protected folders, description)`` without references."""
-    trainer = resolve_folds(inputs, [str(f) for f in folds] if folds else None)
-    cases: List[Case] = []
-    if trainer is not None:
-        folder, fold_names = trainer
-        dj, dj_path, pl = _load_descriptions(folder, dataset_json, plans)
-        tr, pn, cfg = _parse_trainer_folder_name(folder.name)
-        dataset = (pl or {}).get("dataset_name") or folder.parent.name
-        dirs = []
-        for f in fold_names:
-            vdir = folder / f"fold_{f}" / "validation"
-            if not vdir.is_dir():
-                raise EvaluationError(f"{vdir}: no validation folder; rerun `nnUNetv2_train {dataset} {cfg} {f} -tr "
-                                      f"{tr} -p {pn} --val --npz`")
-            dirs.append((vdir, f, f"rerun `nnUNetv2_train {dataset} {cfg} {f} -tr {tr} -p {pn} --val --npz`"))
-        protected = [folder]
-        desc = {"mode": "trainer", "trainer_folder": str(folder), "folds": fold_names}
-    else:
-        if len(inputs) != 1:
-            raise EvaluationError(f"several inputs that are not fold folders: {[str(i) for i in inputs]}")
-        folder = Path(inputs[0]).resolve()
-        if not folder.is_dir():
-            raise EvaluationError(f"{folder}: no such folder")
-        dj, dj_path, pl = _load_descriptions(folder, dataset_json, plans)
-        dirs = [(folder, None, "rerun `nnUNetv2_predict ... --save_probabilities`")]
-        protected = [folder]
-        desc = {"mode": "predictions", "prediction_folder": str(folder)}
-    spec = _spec(dj, dj_path)
-    seen = set()
-    for vdir, fold, hint in dirs:
-        npz = sorted(vdir.glob("*.npz"))
-        segs = [f for f in vdir.iterdir() if f.name.endswith(dj["file_ending"])]
-        if not npz:
-            raise EvaluationError(f"{vdir}: no .npz probabilities; {hint}")
-        have = {f.name[:-4] for f in npz}
-        for s in segs:
-            c = s.name[: -len(dj["file_ending"])]
-            if c not in have:
-                raise EvaluationError(f"{vdir / (c + '.npz')}: probabilities missing next to {s.name}; {hint}")
-        for f in npz:
-            c = f.name[:-4]
-            pkl = vdir / f"{c}.pkl"
-            if not pkl.is_file():
-                raise EvaluationError(f"{pkl}: case properties missing (nnU-Net writes them next to the npz); {hint}")
-            if c in seen:
-                raise EvaluationError(f"{f}: case {c} appears twice (several folds?); export the folds separately")
-            seen.add(c)
-            cases.append(Case(c, fold, f, Path(), pkl))
-    rw = _reader_writer(dj, pl, None if pl else next(iter(vdir.glob("*" + dj["file_ending"])), None))
-    return cases, dj, pl, spec, rw, protected, desc
 
 
 def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_rule: bool = False) \
@@ -120,36 +66,26 @@ def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_r
     return thr, {"rule": "thresholds", "thresholds": dict(zip(keys, thr))}
 
 
-def _export_one(case: Case, spec: TaskSpec, thr, rw_class, out_file: Path, transpose_backward=None) -> None:
-    probs = load_probabilities(case.npz)
+def export_case(case: CaseFiles, spec: TaskSpec, thresholds: Optional[List[float]], reader_writer_class,
+                out_folder: Path, file_ending: str, transpose_backward=None) -> str:
+    """Write one case's label map ``out_folder/<case><file_ending>`` with its ``.pkl`` properties."""
+    probs = load_probabilities(case.npz, case.rerun)
     props = load_properties(case.pkl)
     if probs.shape[0] != spec.n_channels:
         raise EvaluationError(f"{case.npz}: {probs.shape[0]} channels, dataset.json declares {spec.n_channels}")
     if probs.dtype != np.float32 and probs.dtype != np.float64:
         probs = probs.astype(np.float32)
-    lo, hi = float(probs.min()), float(probs.max())
     tol = sum_tolerance(probs.dtype, spec.n_channels)
-    if not (lo >= -tol and hi <= 1 + tol):
-        raise EvaluationError(f"{case.npz}: probabilities contain {'NaN' if lo != lo or hi != hi else 'values outside [0, 1]'}")
+    check_range(probs, str(case.npz), tol)
+    if not spec.has_regions:
+        check_sums_to_one(probs, str(case.npz), tol)
     shape = props.get("shape_before_cropping")
-    if shape is not None:
-        tb = transpose_backward
-        expect = tuple(int(shape[i]) for i in tb) if tb is not None else None
-        if expect is not None and expect != tuple(probs.shape[1:]):
+    if shape is not None and transpose_backward is not None:
+        expect = tuple(int(shape[i]) for i in transpose_backward)
+        if expect != tuple(probs.shape[1:]):
             raise EvaluationError(f"{case.npz}: shape {tuple(probs.shape[1:])} does not match {case.pkl}")
-    seg = spec.hard_map(probs, thr)
-    rw_class().write_seg(seg, str(out_file), props)
-
-
-_W: dict = {}
-
-
-def _init(spec, thr, rw, out, fe, tb):
-    _W.update(spec=spec, thr=thr, rw=rw, out=out, fe=fe, tb=tb)
-
-
-def _work(case: Case):
-    _export_one(case, _W["spec"], _W["thr"], _W["rw"], Path(_W["out"]) / f"{case.name}{_W['fe']}", _W["tb"])
+    seg = spec.hard_map(probs, thresholds)
+    reader_writer_class().write_seg(seg, str(Path(out_folder) / f"{case.name}{file_ending}"), props)
     return case.name
 
 
@@ -157,31 +93,24 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
                        folds: Optional[Sequence] = None, dataset_json=None, plans=None, num_processes: int = 1,
                        overwrite: bool = False, progress: bool = False) -> dict:
     """Write thresholded label maps of every case into ``output_folder`` (see module doc)."""
-    from tqdm import tqdm
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_json
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    cases, dj, pl, spec, rw, protected, desc = _collect(inputs, folds, dataset_json, plans)
+    source = find_cases(inputs, folds=[str(f) for f in folds] if folds else None, dataset_json=dataset_json,
+                        plans=plans, references=False)
+    spec, cases = source.spec, source.cases
     thr, rule = resolve_thresholds(spec, thresholds, best_from, nnunet_rule)
-    fe = dj["file_ending"]
-    tb = (pl or {}).get("transpose_backward")
+    fe = source.dataset_json["file_ending"]
     names = [f"{c.name}{fe}" for c in cases] + ["thresholds.json"]
-    dest = check_destination(Path(output_folder), protected, overwrite, names)
+    dest = check_destination(Path(output_folder), source.protected, overwrite, names)
     with AtomicFolder(dest) as tmp:
-        with tqdm(total=len(cases), disable=not progress, desc="exporting", unit="case", file=sys.stderr) as bar:
-            if num_processes > 1 and len(cases) > 1:
-                from nnunet_losses.evaluation.evaluate import mp_context
-                ctx = mp_context()
-                with ctx.Pool(min(num_processes, len(cases)), initializer=_init,
-                              initargs=(spec, thr, rw, str(tmp), fe, tb)) as pool:
-                    for _ in pool.imap_unordered(_work, cases):
-                        bar.update()
-            else:
-                for c in cases:
-                    _export_one(c, spec, thr, rw, tmp / f"{c.name}{fe}", tb)
-                    bar.update()
+        map_cases(export_case, cases, dict(spec=spec, thresholds=thr, reader_writer_class=source.reader_writer_class,
+                                           out_folder=tmp, file_ending=fe,
+                                           transpose_backward=(source.plans or {}).get("transpose_backward")),
+                  num_processes, progress, "exporting")
         info = {**rule, "classes": spec.keys, "task": "regions" if spec.has_regions else "labels",
-                "n_cases": len(cases), "cases": [c.name for c in cases], "source": desc, "file_ending": fe}
+                "n_cases": len(cases), "cases": [c.name for c in cases], "source": source.description,
+                "file_ending": fe}
         write_json(info, tmp / "thresholds.json", sort_keys=False)
     info["output_folder"] = str(dest)
     return info

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import uuid
@@ -19,6 +18,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 
 from nnunet_losses.evaluation.errors import EvaluationError
+from nnunet_losses.evaluation.formatting import csv_cell
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -32,9 +32,9 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_destination(dest: Path, protected: Sequence[Path], overwrite: bool,
                       names: Optional[Iterable[str]] = None) -> Path:
     """Refuse destinations inside nnU-Net's/input folders, and existing outputs unless ``overwrite``."""
-    from nnunet_losses.evaluation.cases import nnunet_folders
+    from nnunet_losses.evaluation.cases import exported_nnunet_folders
     dest = Path(dest).resolve()
-    for folder in [*nnunet_folders(), *[Path(p).resolve() for p in protected]]:
+    for folder in [*exported_nnunet_folders(), *[Path(p).resolve() for p in protected]]:
         if _inside(dest, folder) or _inside(folder, dest):
             raise EvaluationError(f"{dest}: refusing to write inside (or around) {folder}, which belongs to "
                                   f"nnU-Net or holds the inputs; choose an output folder elsewhere")
@@ -102,12 +102,6 @@ def write_json(obj, path: Path, sort_keys: bool = True) -> None:
         json.dump(jsonable(obj), f, indent=4, sort_keys=sort_keys)
 
 
-def _fmt(v):
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(v)
-    return v
-
-
 def write_csv(rows: List[dict], path: Path, columns: Optional[List[str]] = None) -> None:
     if columns is None:
         columns = []
@@ -119,4 +113,4 @@ def write_csv(rows: List[dict], path: Path, columns: Optional[List[str]] = None)
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(jsonable(r.get(k, ""))) for k in columns})
+            w.writerow({k: csv_cell(jsonable(r.get(k, ""))) for k in columns})

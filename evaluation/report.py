@@ -1,11 +1,11 @@
 """Files of an evaluation: summary.json (nnU-Net's schema, extended), CSV tables, a Markdown digest, plots."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import List
 
 from nnunet_losses.evaluation.metrics import CALIBRATION_METRICS, EXTRA_METRICS, NNUNET_METRICS
+from nnunet_losses.evaluation.formatting import number
 from nnunet_losses.evaluation.outputs import write_csv, write_json
 
 SUMMARY_METRICS = ("Dice", "IoU", "soft_Dice", "precision", "recall", "V_ref", "V_pred", "dV", "abs_dV", "rel_dV",
@@ -63,16 +63,6 @@ def reliability_rows(summary: dict) -> List[dict]:
     return rows
 
 
-def _f(v, digits=4):
-    if v is None:
-        return "-"
-    if isinstance(v, float) and math.isnan(v):
-        return "NaN"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.{digits}f}"
-    return str(v)
-
-
 def summary_markdown(summary: dict) -> str:
     unit = summary["volume_unit"]
     lines = [f"# Evaluation of {summary['name']}", "",
@@ -82,7 +72,7 @@ def summary_markdown(summary: dict) -> str:
     lines.append("| class | " + " | ".join(cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
     for k, m in summary["mean"].items():
-        lines.append(f"| {k} | " + " | ".join(_f(m.get(c)) for c in cols) + " |")
+        lines.append(f"| {k} | " + " | ".join(number(m.get(c)) for c in cols) + " |")
     lines += ["", "Cases left out of a mean because the metric is NaN (nnU-Net's convention for Dice/IoU with empty "
               "reference and prediction; relative dV with an empty reference):", ""]
     for k, e in summary["empty_cases"].items():
@@ -92,22 +82,22 @@ def summary_markdown(summary: dict) -> str:
                      f"{e['n_empty_reference']} empty reference); rel_dV NaN in {nc.get('rel_dV', 0)}")
     cal = summary["calibration"]
     lines += ["", "## Calibration", "", "| | NLL | Brier | ECE | classwise ECE |", "|---|---|---|---|---|",
-              "| all voxels pooled | " + " | ".join(_f(cal["pooled"][m]) for m in CALIBRATION_METRICS) + " |",
-              "| mean over cases | " + " | ".join(_f(cal["per_case"][m]["mean"]) for m in CALIBRATION_METRICS) + " |",
+              "| all voxels pooled | " + " | ".join(number(cal["pooled"][m]) for m in CALIBRATION_METRICS) + " |",
+              "| mean over cases | " + " | ".join(number(cal["per_case"][m]["mean"]) for m in CALIBRATION_METRICS) + " |",
               "", f"{summary['settings']['n_bins']} equal-width bins; NLL clips p at {summary['settings']['eps']:.3g}.",
               "", "## Threshold sweep", "", "| class | best T | mean Dice at best T | mean Dice at T=0.5 |",
               "|---|---|---|---|"]
     sw = summary["threshold_sweep"]
     i05 = sw["thresholds"].index(0.5) if 0.5 in sw["thresholds"] else None
     for k, e in list(sw["per_class"].items()) + [("overall", sw["overall"])]:
-        at05 = _f(e["Dice_mean"][i05]) if i05 is not None else "-"
-        lines.append(f"| {k} | {_f(e['best_threshold'])} | {_f(e['best_Dice_mean'])} | {at05} |")
+        at05 = number(e["Dice_mean"][i05]) if i05 is not None else "-"
+        lines.append(f"| {k} | {number(e['best_threshold'])} | {number(e['best_Dice_mean'])} | {at05} |")
     lines += ["", f"Rule: {sw['rule']}.", "", "## Dice / Jaccard (seed 002)", ""]
     for k, e in summary["dice_jaccard"].items():
         if e.get("n_cases"):
-            lines.append(f"* class {k}: max |J - D/(2-D)| = {_f(e['max_abs_error_J_vs_D_over_2_minus_D'])}, "
-                         f"1 - mean J = {_f(e['one_minus_mean_IoU'])} <= phi(1 - mean D) = "
-                         f"{_f(e['phi_of_one_minus_mean_Dice'])}: {'holds' if e['holds'] else 'VIOLATED'}")
+            lines.append(f"* class {k}: max |J - D/(2-D)| = {number(e['max_abs_error_J_vs_D_over_2_minus_D'])}, "
+                         f"1 - mean J = {number(e['one_minus_mean_IoU'])} <= phi(1 - mean D) = "
+                         f"{number(e['phi_of_one_minus_mean_Dice'])}: {'holds' if e['holds'] else 'VIOLATED'}")
     return "\n".join(lines) + "\n"
 
 
@@ -119,7 +109,7 @@ def write_evaluation(summary: dict, folder: Path, plots: bool = True) -> None:
     write_csv(decile_rows(summary), folder / "size_deciles.csv")
     write_csv(reliability_rows(summary), folder / "reliability.csv")
     from nnunet_losses.evaluation.decision_report import decision_markdown, write_decisions
-    (folder / "summary.md").write_text(summary_markdown(summary) + decision_markdown(summary, _f))
+    (folder / "summary.md").write_text(summary_markdown(summary) + decision_markdown(summary, number))
     write_decisions(summary, folder, plots)
     if plots:
         from nnunet_losses.evaluation.plots import evaluation_plots

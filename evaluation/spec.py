@@ -104,29 +104,50 @@ class TaskSpec:
         """``(n_channels, n_label_values)`` uint8 table: 1 where a reference label is positive for a channel."""
         return np.stack([self.membership(c) for c in self.channels]).astype(np.uint8)
 
+    def nnunet_map(self, probabilities: np.ndarray, dtype=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """nnU-Net's hard map -- the one home of its rule -- and, for label models, the top-label confidence.
+
+        Labels: argmax over channels, the first maximum winning (as ``np.argmax``, which is slow along axis 0),
+        with ``max p``; regions: ``seg[p_i > 0.5] = regions_class_order[i]`` in channel order (later channels
+        overwrite), confidence None -- both identical to ``LabelManager.convert_probabilities_to_segmentation``.
+        """
+        dtype = self._map_dtype if dtype is None else dtype
+        if self.has_regions:
+            return self._regions_map(probabilities, [0.5] * self.n_channels, dtype), None
+        seg = np.zeros(probabilities.shape[1:], dtype=dtype)
+        conf = probabilities[0].copy()
+        for c in range(1, probabilities.shape[0]):
+            np.copyto(seg, c, where=probabilities[c] > conf)
+            np.maximum(conf, probabilities[c], out=conf)
+        return seg, conf
+
+    @property
+    def _map_dtype(self):
+        return np.uint8 if self.max_label < 255 else np.uint16
+
+    def _regions_map(self, probabilities: np.ndarray, thresholds: Sequence[float], dtype) -> np.ndarray:
+        seg = np.zeros(probabilities.shape[1:], dtype=dtype)
+        for i, c in enumerate(self.regions_class_order):
+            np.copyto(seg, c, where=probabilities[i] > thresholds[i])
+        return seg
+
     def hard_map(self, probabilities: np.ndarray, thresholds: Optional[Sequence[float]] = None) -> np.ndarray:
         """Label map from ``(C, ...)`` probabilities.
 
-        ``thresholds=None``: nnU-Net's rule (argmax; regions: ``p > 0.5`` overwrite in ``regions_class_order``),
-        identical to ``LabelManager.convert_probabilities_to_segmentation``.
+        ``thresholds=None``: nnU-Net's rule (:meth:`nnunet_map`).
         With one threshold per evaluated class: regions ``seg[p_i > T_i] = regions_class_order[i]`` in channel
         order; labels: a voxel gets the foreground class with the largest ``p_c`` among those with
         ``p_c > T_c``, else background (so with all ``T_c >= 0.5`` a class mask is exactly ``{p_c > T_c}``).
         """
-        dtype = np.uint8 if self.max_label < 255 else np.uint16
-        if self.has_regions:
-            thr = [0.5] * self.n_channels if thresholds is None else [float(t) for t in thresholds]
-            seg = np.zeros(probabilities.shape[1:], dtype=dtype)
-            for i, c in enumerate(self.regions_class_order):
-                seg[probabilities[i] > thr[i]] = c
-            return seg
         if thresholds is None:
-            return probabilities.argmax(0).astype(dtype)
+            return self.nnunet_map(probabilities)[0]
         thr = [float(t) for t in thresholds]
         if len(thr) != len(self.classes):
             raise ValueError(f"need one threshold per class ({len(self.classes)}), got {len(thr)}")
+        if self.has_regions:
+            return self._regions_map(probabilities, thr, self._map_dtype)
         best = np.zeros(probabilities.shape[1:], dtype=probabilities.dtype)
-        seg = np.zeros(probabilities.shape[1:], dtype=dtype)
+        seg = np.zeros(probabilities.shape[1:], dtype=self._map_dtype)
         for c, ch, t in zip(self.classes, self.class_channels, thr):
             p = probabilities[ch]
             win = (p > t) & (p > best)
