@@ -150,6 +150,92 @@ def binary_focal_nll(log_p: Tensor, log_1mp: Tensor, y: Tensor, w_pos: float | T
     return -(_weighted(w_pos, pos) + _weighted(w_neg, neg))
 
 
+#: Below this sum of the other classes' probabilities log(1 - p_c) is taken in the log domain (float32's smallest
+#: normal number is 1.2e-38; the fused path's S_c would lose precision as a subnormal).
+_OTHERS_MIN = 1e-30
+
+
+def one_vs_rest_softmax_nll_hard(logits: Tensor, onehot: Tensor, first_channel: int, w_pos: float = 1.0,
+                                 w_neg: float = 1.0) -> Tensor:
+    r""":func:`binary_focal_nll` (gamma 0) of a softmax's channels ``first_channel..C-1``, one-vs-rest, hard targets.
+
+    .. math:: \ell_{i,c} = -w^+ y_{i,c} \log p_{i,c} - w^- (1 - y_{i,c}) \log(1 - p_{i,c})
+
+    For one-hot ``onehot`` (0/1) each element needs one of the two logarithms. ``1 - p_c`` is the sum of the
+    *other* classes' probabilities, ``S_c = sum_{k != c} p_k``, a sum of non-negative numbers and so exact to
+    rounding even where ``p_c`` rounds to 1; :class:`_OneVsRestSoftmaxNLL` takes ``log S_c`` and writes the
+    gradient out (about 5x faster than the class-by-class log-sum-exp of :func:`log_one_minus_softmax` under
+    autograd). Where some ``S_c`` is below ``1e-30`` (logit gaps of ~70 in float32) the general formula is used.
+    """
+    with torch.no_grad():
+        log_p = torch.log_softmax(logits, 1)
+        p = log_p.exp()
+        others = _sums_of_others(p, first_channel)
+    if bool((others < _OTHERS_MIN).any()):
+        return binary_focal_nll(torch.log_softmax(logits, 1)[:, first_channel:],
+                                log_one_minus_softmax(logits)[:, first_channel:], onehot[:, first_channel:],
+                                w_pos, w_neg)
+    return _OneVsRestSoftmaxNLL.apply(logits, onehot, log_p, p, others, first_channel, float(w_pos), float(w_neg))
+
+
+def _sums_of_others(p: Tensor, first_channel: int) -> Tensor:
+    """``S_c = sum_{k != c} p_k`` for ``c >= first_channel``, shape ``(B, C - first_channel, *spatial)``.
+
+    Summed class by class (O(C^2) slices, C is small), never as ``sum - p_c``, which cancels where ``p_c ~ 1``.
+    """
+    n = p.shape[1]
+    out = []
+    for c in range(first_channel, n):
+        others = [k for k in range(n) if k != c]
+        s = p[:, others[0]:others[0] + 1].clone()
+        for k in others[1:]:
+            s.add_(p[:, k:k + 1])
+        out.append(s)
+    return torch.cat(out, 1)
+
+
+class _OneVsRestSoftmaxNLL(torch.autograd.Function):
+    r"""Value and vector-Jacobian product of :func:`one_vs_rest_softmax_nll_hard`.
+
+    With ``T_c = log p_c`` where ``y_c = 1`` and ``log S_c`` elsewhere, ``d log p_c / dx_k = [k = c] - p_k`` and
+    ``d log S_c / dx_k = [k != c] p_k / S_c - p_k``, the gradient of ``sum_c G_c (-w_c T_c)`` for an incoming
+    gradient ``G`` is, with ``a_c = -w_c G_c`` (``w_c = w+`` or ``w-`` by ``y_c``) and ``H_c = a_c (1-y_c)/S_c``:
+
+    .. math:: \frac{\partial}{\partial x_k} = p_k \Big(\sum_{c \ne k} H_c - \sum_c a_c\Big) + [k \ge c_0]\, a_k y_k
+
+    ``sum_{c != k} H_c`` is summed without ``H_k`` (subtracting it would cancel where ``S_k`` is tiny).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, onehot, log_p, p, others, first_channel, w_pos, w_neg):
+        y = onehot[:, first_channel:]
+        not_y = 1 - y
+        terms = torch.addcmul(log_p[:, first_channel:] * y, others.log(), not_y)  # exact: one term is 0
+        w = _blend(y, not_y, w_pos, w_neg)
+        ctx.save_for_backward(y, not_y, p, others)
+        ctx.first_channel, ctx.w = first_channel, w
+        return _weighted_neg(w, terms)
+
+    @staticmethod
+    @once_differentiable  # the derivatives are written out without a graph: refuse double backward
+    def backward(ctx, grad_output):
+        y, not_y, p, others = ctx.saved_tensors
+        c0 = ctx.first_channel
+        a = _weighted_neg(ctx.w, grad_output.clone())  # -w_c G_c
+        h = a * not_y / others
+        total_a = a.sum(1, keepdim=True)
+        grad = torch.empty_like(p)
+        n = p.shape[1]
+        for k in range(n):
+            coef = -total_a  # sum over c != k of H_c, then minus sum_c a_c
+            for c in range(c0, n):
+                if c != k:
+                    coef = coef + h[:, c - c0:c - c0 + 1]
+            grad[:, k:k + 1] = p[:, k:k + 1] * coef
+        grad[:, c0:].addcmul_(a, y)
+        return grad, None, None, None, None, None, None, None
+
+
 def binary_focal_nll_hard(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0, w_neg: float | Tensor = 1.0,
                           gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> Tensor:
     """:func:`binary_focal_nll` of a sigmoid output for hard targets: ``y`` holds only 0 and 1 (logits' dtype).

@@ -254,3 +254,41 @@ def test_hard_binary_focal_gradcheck_and_once_differentiable(gamma_pos, gamma_ne
                                   create_graph=True)
     with pytest.raises(RuntimeError):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_classes,first_channel", [(2, 1), (3, 1), (3, 0), (5, 1)])
+@pytest.mark.parametrize("scale", [3.0, 200.0], ids=["fused", "saturated-fallback"])
+def test_one_vs_rest_softmax_nll_equals_the_general_formula(dtype, n_classes, first_channel, scale):
+    """Combo's label-mode modified CE on label maps: log of the other classes' summed probabilities (fused
+    gradient) vs log_one_minus_softmax under autograd; logit gaps of 600 take the general formula."""
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(17 + n_classes)
+    x = (scale * torch.randn(2, n_classes, 6, 5, 4, generator=g, dtype=torch.float64)).to(dtype)
+    labels = torch.randint(0, n_classes, (2, 1, 6, 5, 4), generator=g)
+    onehot = torch.zeros(x.shape, dtype=dtype).scatter_(1, labels, 1)
+    out = []
+    for fused in (True, False):
+        xx = x.clone().requires_grad_()
+        if fused:
+            nll = Fn.one_vs_rest_softmax_nll_hard(xx, onehot, first_channel, 0.3, 0.7)
+        else:
+            nll = Fn.binary_focal_nll(F.log_softmax(xx, 1)[:, first_channel:],
+                                      Fn.log_one_minus_softmax(xx)[:, first_channel:], onehot[:, first_channel:],
+                                      0.3, 0.7)
+        (nll * torch.linspace(0.5, 1.5, nll.numel(), dtype=dtype).view(nll.shape)).sum().backward()
+        out.append((nll.detach(), xx.grad))
+    (v_fused, g_fused), (v_gen, g_gen) = out
+    assert torch.isfinite(v_fused).all() and torch.isfinite(g_fused).all()
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(v_fused, v_gen, rtol=tol, atol=tol)
+    torch.testing.assert_close(g_fused, g_gen, rtol=tol, atol=tol)
+
+
+def test_one_vs_rest_softmax_nll_gradcheck():
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    onehot = torch.zeros(x.shape, dtype=torch.float64).scatter_(1, torch.randint(0, 4, (2, 1, 3, 3), generator=g), 1)
+    for c0 in (0, 1):
+        assert torch.autograd.gradcheck(lambda z: Fn.one_vs_rest_softmax_nll_hard(z, onehot, c0, 0.8, 0.4), (x,),
+                                        eps=1e-6, atol=1e-8, rtol=1e-6)

@@ -55,6 +55,8 @@ class ComboLoss(OverlapLoss):
         c0 = batch.first_channel(self.do_bg)
         if batch.region_based:  # regions have no background channel: c0 = 0; torch's fused BCE, same formula
             mce = Fn.sigmoid_binary_nll(batch.logits, batch.onehot, w_pos=self.beta, w_neg=1 - self.beta)
+        elif batch.hard:  # label maps: one logarithm per element, gradient written out
+            mce = Fn.one_vs_rest_softmax_nll_hard(batch.logits, batch.onehot, c0, w_pos=self.beta, w_neg=1 - self.beta)
         else:
             mce = Fn.binary_focal_nll(batch.log_probs[:, c0:], batch.log_one_minus_probs[:, c0:],
                                       batch.onehot[:, c0:], w_pos=self.beta, w_neg=1 - self.beta)
