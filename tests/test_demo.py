@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert exp["n_cases"] == 3  # fold 0 of nnU-Net's 5-fold split of 15 cases
     assert exp["theory"]["soft_dice_dV_ml"] > 0  # p = 0.8 is above the flip threshold: soft Dice over-estimates
     for r in exp["trainers"].values():
-        assert r["dV_soft"]["n"] == 3 and r["one_minus_soft_dice"] >= 0
+        assert r["dV_soft"]["n"] == 3 and 0 <= r["soft_dice_score"] <= 1
     table = demo.format_table(results)
     assert table.count("\n") == 1 + len(demo.DEFAULT_TRAINERS)
     assert len(demo.verdict(results)) == len(demo.DEFAULT_TRAINERS)
@@ -31,3 +31,18 @@ def test_demo_refuses_nonempty_workdir(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         demo.run_demo(tmp_path)
     assert (tmp_path / "something").read_text() == "user data"
+
+
+def test_table_reports_the_soft_dice_score_as_the_papers_1_minus_sd():
+    """The paper's Table 1 column "1 - SD" is the soft Dice *score* (SD is the loss, Eq. 6): the mean soft Dice the
+    evaluation reports, not one minus it."""
+    bias = {"mean": 0.01, "ci_low": 0.0, "ci_high": 0.02, "p_bootstrap_holm": 0.5, "bias": None, "n": 3}
+    cmp = {"model_means": [{"model": "A", "class": "1", "metric": "soft_Dice", "mean": 0.9},
+                           {"model": "A", "class": "1", "metric": "NLL", "mean": 0.05}],
+           "volume_bias": [{"model": "A", "class": "1", "metric": m, **bias} for m in ("dV_soft", "dV")]}
+    rows = demo._trainer_rows(cmp, ["A"])
+    assert rows["A"]["soft_dice_score"] == 0.9
+    results = {"experiments": [{"p": 0.2, "volume_unit": "ml", "trainers": rows,
+                                "theory": {"soft_dice_dV_ml": -0.1, "ce_dV_ml": 0.0}}]}
+    header, _, row = demo.format_table(results).splitlines()
+    assert "1 - SD (soft Dice score)" in header and "| 0.9000 |" in row

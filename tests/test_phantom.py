@@ -131,6 +131,24 @@ def test_refuses_to_overwrite_and_bad_settings(tmp_path, capsys):
     assert "flip at p = 0.4358" in capsys.readouterr().out
 
 
+def test_dataset_id_used_in_preprocessed_or_results_and_escaping_names_are_refused(tmp_path, monkeypatch, capsys):
+    raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
+    for folder, taken in ((pre, "Dataset330_Other"), (res, "Dataset331_Other")):
+        (folder / taken).mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    monkeypatch.setenv("nnUNet_results", str(res))
+    for dataset_id, where in ((330, pre), (331, res)):
+        with pytest.raises(FileExistsError, match=f"{where}"):
+            write_phantom_dataset(raw, dataset_id, n_cases=1, shape=(32, 32), radius_range=(3.0, 4.0))
+    for name in ("../Escaped", "sub/Dir", "/abs"):
+        with pytest.raises(ValueError, match="may only contain"):
+            write_phantom_dataset(raw, 332, name=name, n_cases=1, shape=(32, 32), radius_range=(3.0, 4.0))
+    from nnunet_losses.cli import main
+    assert main(["phantom", "-d", "332", "--raw", raw, "--name", "../Escaped", "--n_cases", "1"]) == 1
+    assert "may only contain" in capsys.readouterr().err
+    assert not raw.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pre", "res"]
+
+
 @pytest.mark.slow
 def test_nnunet_plan_and_preprocess_accepts_a_phantom(nnunet_workspace):
     write_phantom_dataset(nnunet_workspace.raw, 911, dim=2, p=0.5, n_subregions=4, mu=1.0, n_cases=4,

@@ -10,7 +10,7 @@ For each inherent uncertainty p (default 0.2 and 0.8) the demo
    variables), which writes the fold's validation probabilities;
 3. evaluates both trainers on nnU-Net's validation output (:mod:`nnunet_losses.evaluation`) and compares them
    (bootstrap + Wilcoxon, as in the paper's Table 1);
-4. prints the table -- CE (NLL), 1 - soft Dice, soft volume error dV = V(pred) - V(ref) with its significance --
+4. prints the table -- CE (NLL), the soft Dice score (the paper's 1 - SD), soft volume error dV = V(pred) - V(ref) with its significance --
    next to the theory's prediction for the same phantom, and saves a plot.
 
 The theory (the paper's Sect. 2.2, :mod:`nnunet_losses.research.theory`): the soft-Dice-optimal prediction in the uncertain
@@ -61,6 +61,47 @@ class _Step:
             print(f"[{time.time() - self.t0:6.0f} s]   done in {time.time() - start:.0f} s (log: {log})", flush=True)
 
 
+def _environments(workdir: Path, device: str, epochs: int, iterations: int, val_iterations: int):
+    """(folders, env for nnU-Net's planning, env for its training): nnU-Net's three folders inside ``workdir``."""
+    from nnunet_losses.trainers import trainer_path
+    folders = {k: workdir / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "evaluation", "logs")}
+    for d in folders.values():
+        d.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **{k: str(folders[k]) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")},
+               nnUNet_extTrainer=str(trainer_path()), nnUNet_compile="false",
+               # -device cpu sets torch's threads to the core count; OpenMP's default busy-waiting then makes
+               # every op crawl as soon as anything else runs on the machine (measured ~20x on 2 cores)
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               # nnU-Net's export pools default to 8 spawned workers, each importing torch
+               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 2))))
+    train_env = dict(env, nnUNet_n_proc_DA="0" if device == "cpu" else env.get("nnUNet_n_proc_DA", "8"),
+                     NNUNET_LOSSES_EPOCHS=str(epochs), NNUNET_LOSSES_ITERATIONS=str(iterations),
+                     NNUNET_LOSSES_VAL_ITERATIONS=str(val_iterations))
+    return folders, env, train_env
+
+
+def _theory_for(sidecar_cases: dict, cases: Sequence[str], p: float, n_subregions: int, mu: float) -> dict:
+    """The theory's volume errors for exactly the validated ``cases`` (soft Dice against their *expected* volume)."""
+    from nnunet_losses.research import theory
+    sd = [sidecar_cases[c]["theory_sd_volume_ml"] - sidecar_cases[c]["expected_volume_ml"] for c in cases]
+    return {"soft_dice_dV_ml": float(sum(sd) / len(sd)), "ce_dV_ml": 0.0,
+            "soft_dice_p_hat": float(theory.optimal_p_hat_soft_dice(p, n_subregions, mu)),
+            "soft_dice_bias_over_uncertain_volume": float(theory.volume_bias(p, n_subregions, mu) / mu),
+            "ce_bias": float(theory.volume_bias(p, n_subregions, mu, loss="cross_entropy"))}
+
+
+def _trainer_rows(comparison: dict, trainers: Sequence[str]) -> dict:
+    """Per trainer: mean NLL, soft Dice score (the paper's 1 - SD, SD being the loss), Dice and volume errors."""
+    rows = {}
+    for tr in trainers:
+        means = {m["metric"]: m["mean"] for m in comparison["model_means"]
+                 if m["model"] == tr and m["class"] in ("1", "all")}
+        bias = {b["metric"]: b for b in comparison["volume_bias"] if b["model"] == tr and b["class"] == "1"}
+        rows[tr] = {"NLL": means.get("NLL"), "soft_dice_score": means["soft_Dice"], "Dice": means.get("Dice"),
+                    "dV_soft": bias["dV_soft"], "dV": bias["dV"]}
+    return rows
+
+
 def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subregions: int = 4, mu: float = 1.0,
              n_cases: int = 50, shape: Sequence[int] = (48, 48), radius: Sequence[float] = (5.0, 8.0),
              noise: float = 0.1, trainers: Sequence[str] = DEFAULT_TRAINERS, epochs: int = 10, iterations: int = 25,
@@ -75,30 +116,16 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
     if workdir.exists() and any(workdir.iterdir()):
         raise FileExistsError(f"{workdir} exists and is not empty; pass a new --workdir (the demo never "
                               f"overwrites anything)")
-    raw, pre, res, out = workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed", workdir / "nnUNet_results", \
-        workdir / "evaluation"
-    for d in (raw, pre, res, out, workdir / "logs"):
-        d.mkdir(parents=True, exist_ok=True)
-    from nnunet_losses.trainers import trainer_path
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
-               nnUNet_extTrainer=str(trainer_path()), nnUNet_compile="false",
-               # -device cpu sets torch's threads to the core count; OpenMP's default busy-waiting then makes
-               # every op crawl as soon as anything else runs on the machine (measured ~20x on 2 cores)
-               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-               # nnU-Net's export pools default to 8 spawned workers, each importing torch
-               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 2))))
-    train_env = dict(env, nnUNet_n_proc_DA="0" if device == "cpu" else env.get("nnUNet_n_proc_DA", "8"),
-                     NNUNET_LOSSES_EPOCHS=str(epochs), NNUNET_LOSSES_ITERATIONS=str(iterations),
-                     NNUNET_LOSSES_VAL_ITERATIONS=str(val_iterations))
-    step = _Step(workdir / "logs", quiet)
+    folders, env, train_env = _environments(workdir, device, epochs, iterations, val_iterations)
+    raw, pre, res, out = (folders[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "evaluation"))
+    step = _Step(folders["logs"], quiet)
     started = time.time()
     results = {"settings": {"p": list(p_values), "n_subregions": n_subregions, "mu": mu, "n_cases": n_cases,
                             "shape": list(shape), "trainers": list(trainers), "epochs": epochs,
                             "iterations": iterations, "fold": fold, "device": device},
                "flip_threshold": theory.flip_threshold(n_subregions, mu), "experiments": []}
     for i, p in enumerate(p_values):
-        dataset_id = first_dataset_id + i
-        name = f"PhantomP{int(round(p * 100)):02d}"
+        dataset_id, name = first_dataset_id + i, f"PhantomP{int(round(p * 100)):02d}"
         write_phantom_dataset(raw, dataset_id, name=name, dim=2, p=p, n_subregions=n_subregions, mu=mu,
                               n_cases=n_cases, shape=shape, radius_range=radius, noise=noise, seed=seed + i)
         step.run(f"p = {p}: nnUNetv2_plan_and_preprocess -d {dataset_id} -c 2d",
@@ -116,21 +143,10 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
         cmp = compare([e["output_folder"] for e in evaluations], out / f"{name}_comparison", names=list(trainers),
                       n_boot=n_boot)
         sidecar = load_sidecar(raw / f"Dataset{dataset_id:03d}_{name}")["cases"]
-        # the theory's soft-Dice volume error on exactly the validated cases, against their *expected* volume
-        sd_theory = [sidecar[c]["theory_sd_volume_ml"] - sidecar[c]["expected_volume_ml"] for c in cmp["cases"]]
-        exp = {"p": p, "dataset_id": dataset_id, "comparison_folder": cmp["output_folder"], "n_cases": cmp["n_cases"],
-               "volume_unit": cmp["volume_unit"], "theory": {
-                   "soft_dice_dV_ml": float(sum(sd_theory) / len(sd_theory)), "ce_dV_ml": 0.0,
-                   "soft_dice_p_hat": float(theory.optimal_p_hat_soft_dice(p, n_subregions, mu)),
-                   "soft_dice_bias_over_uncertain_volume": float(theory.volume_bias(p, n_subregions, mu) / mu),
-                   "ce_bias": float(theory.volume_bias(p, n_subregions, mu, loss="cross_entropy"))},
-               "trainers": {}}
-        for tr in trainers:
-            row = {m["metric"]: m["mean"] for m in cmp["model_means"] if m["model"] == tr and m["class"] in ("1", "all")}
-            bias = {b["metric"]: b for b in cmp["volume_bias"] if b["model"] == tr and b["class"] == "1"}
-            exp["trainers"][tr] = {"NLL": row.get("NLL"), "one_minus_soft_dice": 1 - row["soft_Dice"],
-                                   "Dice": row.get("Dice"), "dV_soft": bias["dV_soft"], "dV": bias["dV"]}
-        results["experiments"].append(exp)
+        results["experiments"].append({
+            "p": p, "dataset_id": dataset_id, "comparison_folder": cmp["output_folder"], "n_cases": cmp["n_cases"],
+            "volume_unit": cmp["volume_unit"], "theory": _theory_for(sidecar, cmp["cases"], p, n_subregions, mu),
+            "trainers": _trainer_rows(cmp, trainers)})
     results["wall_time_s"] = time.time() - started
     results["plot"] = str(plot_demo(results, workdir / "demo_volume_bias.png"))
     (workdir / "demo_results.json").write_text(json.dumps(results, indent=2, default=float))
@@ -161,9 +177,11 @@ def verdict(results: dict) -> List[str]:
 
 
 def format_table(results: dict) -> str:
-    """The paper's Table-1-style table: per p and trainer, NLL (CE), 1 - soft Dice, dV (soft and hard) with significance,
-    next to the theory's dV for the same cases (soft Dice: its optimal p_hat; CE: 0)."""
-    lines = ["| p | trainer | CE (NLL) | 1 - SD | dV soft (95% CI) | p (Holm) | bias | dV hard | theory dV |",
+    """The paper's Table-1-style table: per p and trainer, NLL (CE), the soft Dice score (the paper's 1 - SD, SD being
+    the soft Dice loss), dV (soft and hard) with significance, next to the theory's dV for the same cases (soft
+    Dice: its optimal p_hat; CE: 0)."""
+    lines = ["| p | trainer | CE (NLL) | 1 - SD (soft Dice score) | dV soft (95% CI) | p (Holm) | bias | dV hard | "
+             "theory dV |",
              "|---|---|---|---|---|---|---|---|---|"]
     for exp in results["experiments"]:
         unit = exp["volume_unit"]
@@ -172,7 +190,7 @@ def format_table(results: dict) -> str:
             nll = "n/a" if r["NLL"] is None else f"{r['NLL']:.4f}"
             ci = f"[{b.get('ci_low', float('nan')):+.4f}, {b.get('ci_high', float('nan')):+.4f}]"
             th = exp["theory"]["soft_dice_dV_ml" if "SoftDice" in tr else "ce_dV_ml"]
-            lines.append(f"| {exp['p']} | {tr} | {nll} | {r['one_minus_soft_dice']:.4f} | {b['mean']:+.4f} {unit} {ci} | "
+            lines.append(f"| {exp['p']} | {tr} | {nll} | {r['soft_dice_score']:.4f} | {b['mean']:+.4f} {unit} {ci} | "
                          f"{b['p_bootstrap_holm']:.3g} | {b['bias'] or '-'} | {r['dV']['mean']:+.4f} {unit} | "
                          f"{th:+.4f} ml |")
     return "\n".join(lines)

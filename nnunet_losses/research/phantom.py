@@ -33,6 +33,7 @@ existing dataset folder or to reuse a dataset id that another folder in ``raw_ro
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -152,22 +153,9 @@ def _write(arr: np.ndarray, path: Path, spacing_zyx: Sequence[float]) -> None:
     sitk.WriteImage(img, str(path), True)
 
 
-def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = None, dim: int = 2,
-                          variant: str = "regions", p: float = 0.5, n_subregions: int = 4, mu: float = 1.0,
-                          n_cases: int = 20, shape: Optional[Sequence[int]] = None,
-                          spacing: Optional[Sequence[float]] = None, radius_range: Sequence[float] = (6.0, 10.0),
-                          noise: float = 0.1, blur: float = 1.5, uncertain_intensity: float = 0.5,
-                          seed: int = 0, n_raters: int = 0) -> Path:
-    """Write a phantom dataset ``Dataset{id:03d}_{name}`` under ``raw_root`` and return its folder (see module doc).
-
-    ``p``: probability that an uncertain sub-region (or, for ``variant="voxel"``, the ring) is structure;
-    ``n_subregions``: N independent sectors of the ring; ``mu``: ring volume / core volume; ``radius_range``: core
-    radius in mm, uniform per case; ``noise``: sd of the Gaussian image noise; ``blur``: sd in mm of the Gaussian
-    blur of the voxel variant's probability map; ``seed``: everything is drawn from ``numpy.random.default_rng(seed)``.
-    ``n_raters`` K >= 2: also write ``ratersTr/case_XXX_rater<k>.nii.gz``, K independent draws of the reference
-    (rater 0 is ``labelsTr``; the multi-rater format of ``nnunet_losses.trainers.multirater``), from a second
-    random stream, so the other files are those of ``n_raters=0``.
-    """
+def _check_settings(dim: int, variant: str, p: float, n_subregions: int, mu: float, radius_range, n_cases: int,
+                    dataset_id: int, n_raters: int) -> Tuple[float, float]:
+    """Raise a one-line ``ValueError`` for a setting the generator cannot use; return the radius range."""
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}")
     if variant not in VARIANTS:
@@ -185,18 +173,86 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
         raise ValueError(f"n_raters must be 0 (no raters) or an integer >= 2, got {n_raters}")
     if n_cases < 1 or not 0 < int(dataset_id) < 1000:
         raise ValueError("need n_cases >= 1 and 0 < dataset_id < 1000")
-    shape3, spacing3 = _shape(shape, dim), _spacing_zyx(spacing, dim)
-    if name is None:
-        name = f"Phantom{variant.capitalize()}{dim}D"
-    raw_root = Path(raw_root)
+    return lo, hi
+
+
+def _dataset_folder(raw_root: Path, dataset_id: int, name: str) -> Path:
+    """``raw_root/DatasetXXX_name``, refused if the name is not a plain folder name (``../x`` would write outside
+    ``raw_root``) or the id is used in raw, preprocessed or results (nnU-Net could not tell the datasets apart)."""
+    from nnunet_losses.datasets.converter import NAME_RE, used_dataset_ids
+    if not NAME_RE.match(name):
+        raise ValueError(f"dataset name {name!r} may only contain letters, digits, '_', '-' and '.' (it names a "
+                         f"folder inside {raw_root})")
     out = raw_root / f"Dataset{int(dataset_id):03d}_{name}"
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another dataset_id or remove it yourself")
-    if raw_root.is_dir():
-        clash = sorted(q.name for q in raw_root.glob(f"Dataset{int(dataset_id):03d}_*"))
-        if clash:
-            raise FileExistsError(f"dataset id {dataset_id} is already used by {clash} in {raw_root}")
+    folders = [raw_root] + [Path(os.environ[v]) for v in ("nnUNet_preprocessed", "nnUNet_results") if os.environ.get(v)]
+    clash = used_dataset_ids(folders).get(int(dataset_id))
+    if clash:
+        raise FileExistsError(f"dataset id {dataset_id} is already used by {', '.join(map(str, clash))}; "
+                              f"choose another id")
+    return out
 
+
+def _theory(variant: str, p: float, n_subregions: int, mu: float) -> Optional[dict]:
+    """The volume-bias paper's prediction for the ring (regions variant only; mu = 0 has no ring)."""
+    if variant != "regions" or mu <= 0:
+        return None
+    from nnunet_losses.research.theory import flip_threshold, optimal_p_hat_soft_dice
+    return {"note": f"{PAPER} Sect. 2.2 with alpha = background, gamma = core, beta = ring; image-wise soft Dice "
+                    "with one p_hat for all ring voxels (nnU-Net's batch Dice over patches is not this)",
+            "flip_threshold": flip_threshold(int(n_subregions), float(mu), tol=1e-8),
+            "sd_optimal_p_hat": float(optimal_p_hat_soft_dice(p, int(n_subregions), mu)),
+            "ce_optimal_p_hat": float(p)}
+
+
+def _write_case(out: Path, cid: str, case: dict, raters: Optional[np.ndarray], spacing3, voxel_ml: float,
+                theory: Optional[dict], p: float, n_subregions: int) -> dict:
+    """Write one case's image, label, probability map (and raters); return its sidecar record."""
+    _write(case["image"], out / "imagesTr" / f"{cid}_0000.nii.gz", spacing3)
+    _write(case["label"], out / "labelsTr" / f"{cid}.nii.gz", spacing3)
+    _write(case["probability"], out / PROBABILITY_FOLDER / f"{cid}.nii.gz", spacing3)
+    meta = case["meta"]
+    expected_voxels = float(case["probability"].astype(np.float64).sum())
+    reference_voxels = int(case["label"].sum())
+    rec = {"expected_volume_ml": expected_voxels * voxel_ml, "reference_volume_ml": reference_voxels * voxel_ml,
+           "expected_voxels": expected_voxels, "reference_voxels": reference_voxels,
+           "probability_map": f"{PROBABILITY_FOLDER}/{cid}.nii.gz", **meta}
+    if raters is not None:
+        rec["raters"] = []
+        for k, rater in enumerate(raters):
+            _write(rater, out / RATER_FOLDER / f"{cid}_rater{k}.nii.gz", spacing3)
+            rec["raters"].append(f"{RATER_FOLDER}/{cid}_rater{k}.nii.gz")
+        rec["rater_volumes_ml"] = [float(r.sum()) * voxel_ml for r in raters]
+    if theory is not None:
+        from nnunet_losses.research.theory import optimal_p_hat_soft_dice
+        p_sd = float(optimal_p_hat_soft_dice(p, int(n_subregions), max(meta["mu_realised"], 1e-12)))
+        rec["theory_sd_optimal_p_hat"] = p_sd
+        rec["theory_sd_volume_ml"] = (meta["core_voxels"] + p_sd * meta["ring_voxels"]) * voxel_ml
+    return rec
+
+
+def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = None, dim: int = 2,
+                          variant: str = "regions", p: float = 0.5, n_subregions: int = 4, mu: float = 1.0,
+                          n_cases: int = 20, shape: Optional[Sequence[int]] = None,
+                          spacing: Optional[Sequence[float]] = None, radius_range: Sequence[float] = (6.0, 10.0),
+                          noise: float = 0.1, blur: float = 1.5, uncertain_intensity: float = 0.5,
+                          seed: int = 0, n_raters: int = 0) -> Path:
+    """Write a phantom dataset ``Dataset{id:03d}_{name}`` under ``raw_root`` and return its folder (see module doc).
+
+    ``p``: probability that an uncertain sub-region (or, for ``variant="voxel"``, the ring) is structure;
+    ``n_subregions``: N independent sectors of the ring; ``mu``: ring volume / core volume; ``radius_range``: core
+    radius in mm, uniform per case; ``noise``: sd of the Gaussian image noise; ``blur``: sd in mm of the Gaussian
+    blur of the voxel variant's probability map; ``seed``: everything is drawn from ``numpy.random.default_rng(seed)``.
+    ``n_raters`` K >= 2: also write ``ratersTr/case_XXX_rater<k>.nii.gz``, K independent draws of the reference
+    (rater 0 is ``labelsTr``; the multi-rater format of ``nnunet_losses.trainers.multirater``), from a second
+    random stream, so the other files are those of ``n_raters=0``.
+    The dataset id must be free in ``raw_root`` and in ``$nnUNet_preprocessed``/``$nnUNet_results`` where set.
+    """
+    lo, hi = _check_settings(dim, variant, p, n_subregions, mu, radius_range, n_cases, dataset_id,
+                             n_raters)
+    shape3, spacing3 = _shape(shape, dim), _spacing_zyx(spacing, dim)
+    out = _dataset_folder(Path(raw_root), dataset_id, name or f"Phantom{variant.capitalize()}{dim}D")
     rng = np.random.default_rng(seed)
     cases = [phantom_case(rng, shape3, spacing3, dim, variant, p, int(n_subregions), mu, (lo, hi), noise, blur,
                           uncertain_intensity) for _ in range(n_cases)]  # draw all first: nothing half-written
@@ -204,41 +260,11 @@ def write_phantom_dataset(raw_root, dataset_id: int, *, name: Optional[str] = No
     raters = [draw_raters(rater_rng, case, variant, p, int(n_subregions), int(n_raters)) if n_raters else None
               for case in cases]
     voxel_ml = float(np.prod(spacing3)) / 1000.0
-    theory = None
-    if variant == "regions" and mu > 0:
-        from nnunet_losses.research.theory import flip_threshold, optimal_p_hat_soft_dice
-        theory = {"note": f"{PAPER} Sect. 2.2 with alpha = background, gamma = core, beta = ring; image-wise soft Dice "
-                          "with one p_hat for all ring voxels (nnU-Net's batch Dice over patches is not this)",
-                  "flip_threshold": flip_threshold(int(n_subregions), float(mu), tol=1e-8),
-                  "sd_optimal_p_hat": float(optimal_p_hat_soft_dice(p, int(n_subregions), mu)),
-                  "ce_optimal_p_hat": float(p)}
-
+    theory = _theory(variant, p, n_subregions, mu)
     for sub in ("imagesTr", "labelsTr", PROBABILITY_FOLDER) + ((RATER_FOLDER,) if n_raters else ()):
         (out / sub).mkdir(parents=True, exist_ok=False)
-    records = {}
-    for i, case in enumerate(cases):
-        cid = f"case_{i:03d}"
-        _write(case["image"], out / "imagesTr" / f"{cid}_0000.nii.gz", spacing3)
-        _write(case["label"], out / "labelsTr" / f"{cid}.nii.gz", spacing3)
-        _write(case["probability"], out / PROBABILITY_FOLDER / f"{cid}.nii.gz", spacing3)
-        meta = case["meta"]
-        expected_voxels = float(case["probability"].astype(np.float64).sum())
-        reference_voxels = int(case["label"].sum())
-        rec = {"expected_volume_ml": expected_voxels * voxel_ml, "reference_volume_ml": reference_voxels * voxel_ml,
-               "expected_voxels": expected_voxels, "reference_voxels": reference_voxels,
-               "probability_map": f"{PROBABILITY_FOLDER}/{cid}.nii.gz", **meta}
-        if raters[i] is not None:
-            rec["raters"] = []
-            for k, rater in enumerate(raters[i]):
-                _write(rater, out / RATER_FOLDER / f"{cid}_rater{k}.nii.gz", spacing3)
-                rec["raters"].append(f"{RATER_FOLDER}/{cid}_rater{k}.nii.gz")
-            rec["rater_volumes_ml"] = [float(r.sum()) * voxel_ml for r in raters[i]]
-        if theory is not None:
-            p_sd = float(optimal_p_hat_soft_dice(p, int(n_subregions), max(meta["mu_realised"], 1e-12)))
-            rec["theory_sd_optimal_p_hat"] = p_sd
-            rec["theory_sd_volume_ml"] = (meta["core_voxels"] + p_sd * meta["ring_voxels"]) * voxel_ml
-        records[cid] = rec
-
+    records = {f"case_{i:03d}": _write_case(out, f"case_{i:03d}", case, raters[i], spacing3, voxel_ml, theory, p,
+                                            n_subregions) for i, case in enumerate(cases)}
     dataset_json = {"channel_names": {"0": "phantom"}, "labels": {"background": 0, "structure": 1},
                     "numTraining": n_cases, "file_ending": ".nii.gz", "name": out.name,
                     "description": f"nnunet_losses phantom ({variant}, {dim}D): p={p}, N={n_subregions}, mu={mu}; "
