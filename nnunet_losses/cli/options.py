@@ -47,6 +47,7 @@ class Number:
 
 
 COUNT = Number(int, low=1)                                   # workers, cases, bins, resamples, epochs, N
+COUNT_OR_ZERO = Number(int, low=0)                           # optional counts (0: none)
 DATASET_ID = Number(int, low=1, high=999)                    # nnU-Net's DatasetXXX
 SEED = Number(int, low=0, high=2 ** 32 - 1)                  # numpy.random.default_rng accepts these
 PROBABILITY = Number(float, low=0.0, high=1.0)               # p, thresholds

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from nnunet_losses.cli.options import (COUNT, DATASET_ID, FOLD, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED,
-                                       add_option)
+from nnunet_losses.cli.options import (COUNT, COUNT_OR_ZERO, DATASET_ID, FOLD, NON_NEGATIVE, POSITIVE,
+                                       PROBABILITY, SEED, add_option)
 from nnunet_losses.research import PAPER
 from nnunet_losses.research.demo import DEFAULT_TRAINERS
 from nnunet_losses.research.phantom import SIDECAR, VARIANTS
@@ -102,7 +102,7 @@ def _add_phantom(subparsers) -> None:
     p.add_argument("--blur", type=NON_NEGATIVE, default=1.5,
                    help="voxel variant: sd (mm) of the probability map's blur [1.5]")
     p.add_argument("--seed", type=SEED, default=0, help="random seed [0]")
-    p.add_argument("--raters", type=int, default=0, metavar="K",
+    p.add_argument("--raters", type=COUNT_OR_ZERO, default=0, metavar="K",
                    help="also write K >= 2 independent rater label maps per case into ratersTr/ (rater 0 = labelsTr), "
                         "the multi-rater format of the MultiRater trainers [0: none]")
     p.set_defaults(func=_cmd_phantom)
