@@ -50,7 +50,8 @@ def _check_geometry(case: CaseFiles, ref_props: dict, props: Optional[dict]) -> 
                                       f"the same image")
 
 
-def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, reader_writer_class) -> dict:
+def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, reader_writer_class,
+                 extra=None) -> dict:
     """Read one case and reduce it to its statistics. The probabilities are inflated by a background thread
     while the reduction walks through them (:func:`.accumulate.accumulate_case` waits for each part), so the
     case is read and reduced at the same time and only one case is in memory."""
@@ -62,18 +63,21 @@ def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, rea
                                 reference_name=str(case.reference), wait=probs.wait)
         # the decision rules' exact cuts: the pass's fine histograms + the in-memory case (no second read)
         cuts = case_cuts(probs.array, ref, spec, fine_histograms(stats, grid))
+        # anything else a caller computes from the case while it is in memory (calibration samples)
+        more = extra(case, probs.array, ref) if extra is not None else {}
     spacing = [float(s) for s in ref_props.get("spacing", [1.0] * ref.ndim)]
     vv, unit, is2d = voxel_volume(spacing, ref.shape)
-    return {"stats": stats, "cuts": cuts, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
+    return {**more, "stats": stats, "cuts": cuts, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
             "shape": [int(s) for s in ref.shape]}
 
 
 def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
-                 progress: bool = False) -> List[dict]:
+                 progress: bool = False, extra=None) -> List[dict]:
     """Per-case statistics, in this process (each case read and reduced at once, see :func:`process_case`) or
-    spread over ``num_processes`` worker processes."""
+    spread over ``num_processes`` worker processes. ``extra(case, probabilities, reference) -> dict`` (picklable)
+    adds to each case's result while the case is in memory."""
     return map_cases(process_case, source.cases, dict(spec=source.spec, grid=grid, eps=eps,
-                                                      reader_writer_class=source.reader_writer_class),
+                                                      reader_writer_class=source.reader_writer_class, extra=extra),
                      num_processes, progress, f"evaluating {source.name}")
 
 

@@ -27,14 +27,21 @@ from nnunet_losses.evaluation.probabilities import check_range, check_sums_to_on
 from nnunet_losses.evaluation.spec import TaskSpec
 
 
-def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_rule: bool = False) \
-        -> Tuple[Optional[List[float]], dict]:
-    """Per-class thresholds (None = nnU-Net's rule) and a description of where they come from."""
-    given = sum(x is not None and x is not False for x in (thresholds, best_from, nnunet_rule or None))
+def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_rule: bool = False,
+                       decision_rule: Optional[str] = None) -> Tuple[object, dict]:
+    """Per-class thresholds (None = nnU-Net's rule; a string: a voxel decision rule of :mod:`.decisions`) and a
+    description of where they come from."""
+    given = sum(x is not None and x is not False for x in (thresholds, best_from, nnunet_rule or None, decision_rule))
     if given != 1:
         raise EvaluationError("choose exactly one rule: thresholds (-t), the best thresholds of an evaluation "
-                              "(--best_from), or nnU-Net's own rule (--nnunet)")
+                              "(--best_from), nnU-Net's own rule (--nnunet), or a decision rule (--rule)")
     keys = spec.keys
+    if decision_rule is not None:
+        from nnunet_losses.evaluation.decisions import VOXEL_RULES
+        if decision_rule not in VOXEL_RULES:
+            raise EvaluationError(f"unknown decision rule {decision_rule!r}; choose one of {list(VOXEL_RULES)}")
+        return decision_rule, {"rule": f"decision rule {decision_rule} (one-vs-rest per class; a voxel kept by "
+                                       f"several classes gets the largest p_c, regions overwrite in order)"}
     if nnunet_rule:
         return None, {"rule": "nnU-Net (argmax)" if not spec.has_regions else "nnU-Net (p > 0.5 overwrite)"}
     if best_from is not None:
@@ -84,13 +91,17 @@ def export_case(case: CaseFiles, spec: TaskSpec, thresholds: Optional[List[float
         expect = tuple(int(shape[i]) for i in transpose_backward)
         if expect != tuple(probs.shape[1:]):
             raise EvaluationError(f"{case.npz}: shape {tuple(probs.shape[1:])} does not match {case.pkl}")
-    seg = spec.hard_map(probs, thresholds)
+    if isinstance(thresholds, str):  # a voxel decision rule
+        from nnunet_losses.evaluation.decisions import rule_label_map
+        seg = rule_label_map(probs, spec, thresholds)
+    else:
+        seg = spec.hard_map(probs, thresholds)
     reader_writer_class().write_seg(seg, str(Path(out_folder) / f"{case.name}{file_ending}"), props)
     return case.name
 
 
 def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None, nnunet_rule: bool = False,
-                       folds: Optional[Sequence] = None, dataset_json=None, plans=None, num_processes: int = 1,
+                       decision_rule: Optional[str] = None, folds: Optional[Sequence] = None, dataset_json=None, plans=None, num_processes: int = 1,
                        overwrite: bool = False, progress: bool = False) -> dict:
     """Write thresholded label maps of every case into ``output_folder`` (see module doc)."""
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_json
@@ -99,7 +110,7 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
     source = find_cases(inputs, folds=[str(f) for f in folds] if folds else None, dataset_json=dataset_json,
                         plans=plans, references=False)
     spec, cases = source.spec, source.cases
-    thr, rule = resolve_thresholds(spec, thresholds, best_from, nnunet_rule)
+    thr, rule = resolve_thresholds(spec, thresholds, best_from, nnunet_rule, decision_rule)
     fe = source.dataset_json["file_ending"]
     names = [f"{c.name}{fe}" for c in cases] + ["thresholds.json"]
     dest = check_destination(Path(output_folder), source.protected, overwrite, names)

@@ -28,7 +28,7 @@ SUBCOMMAND_MODULES = {
     "nnunet_losses.cli.trainers": ("trainer-path", "trainers"),
     "nnunet_losses.cli.research": ("theory", "phantom", "demo"),
     "nnunet_losses.cli.datasets": ("convert", "package"),
-    "nnunet_losses.cli.evaluation": ("evaluate", "compare", "threshold"),
+    "nnunet_losses.cli.evaluation": ("evaluate", "compare", "threshold", "calibrate"),
 }
 
 

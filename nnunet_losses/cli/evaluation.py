@@ -1,4 +1,5 @@
-"""Subcommands ``nnunet-losses evaluate``, ``compare`` and ``threshold`` (:mod:`nnunet_losses.evaluation`).
+"""Subcommands ``nnunet-losses evaluate``, ``compare``, ``threshold`` and ``calibrate``
+(:mod:`nnunet_losses.evaluation`).
 
 Why three: ``evaluate`` is the expensive pass over every probability file of one model; ``compare`` only reads
 the per-case tables of two or more evaluations (re-run it with other models or settings in seconds);
@@ -65,7 +66,7 @@ def _cmd_evaluate(args) -> int:
     s = evaluate(_inputs(args), args.o, reference_folder=args.ref, folds=args.f, dataset_json=args.djfile,
                  plans=args.pfile, n_bins=args.bins, thresholds=args.thresholds, eps=args.eps, num_processes=args.np,
                  chill=args.chill, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet,
-                 name=args.name)
+                 name=args.name, fixed_threshold=args.fixed_threshold)
     cal = s["calibration"]["pooled"]
     print(f"{s['n_cases']} cases of {s['name']}: foreground mean Dice {_fmt(s['foreground_mean']['Dice'])}, "
           f"soft Dice {_fmt(s['foreground_mean']['soft_Dice'])}, dV {_fmt(s['foreground_mean']['dV'])} "
@@ -94,10 +95,30 @@ def _cmd_compare(args) -> int:
 def _cmd_threshold(args) -> int:
     from nnunet_losses.evaluation.export import export_thresholded
     info = export_thresholded(_inputs(args), args.o, thresholds=args.t, best_from=args.best_from,
-                              nnunet_rule=args.nnunet, folds=args.f, dataset_json=args.djfile, plans=args.pfile,
+                              nnunet_rule=args.nnunet, decision_rule=args.rule, folds=args.f, dataset_json=args.djfile, plans=args.pfile,
                               num_processes=args.np, overwrite=args.overwrite, progress=not args.quiet)
     print(f"{info['n_cases']} label maps ({info['rule']}"
           f"{', ' + str(info['thresholds']) if 'thresholds' in info else ''}) written to {info['output_folder']}")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    if args.apply:
+        from nnunet_losses.evaluation.calibrate import apply_calibration
+        info = apply_calibration(args.apply, _inputs(args), args.o, folds=args.f, dataset_json=args.djfile,
+                                 plans=args.pfile, overwrite=args.overwrite, progress=not args.quiet)
+        print(f"{info['n_cases']} calibrated probability files ({info['method']} scaling) written to "
+              f"{info['output_folder']}")
+        return 0
+    from nnunet_losses.evaluation.calibrate import calibrate
+    r = calibrate(_inputs(args), args.o, method=args.method, reference_folder=args.ref, folds=args.f,
+                  dataset_json=args.djfile, plans=args.pfile, per_label=args.per_label, seed=args.seed,
+                  num_processes=args.np, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet)
+    o = r["overall"]
+    print(f"{r['n_cases']} cases, {args.method} scaling cross-fitted ({r['scheme']}): NLL {_fmt(o['NLL']['before'])}"
+          f" -> {_fmt(o['NLL']['after'])}, ECE {_fmt(o['ECE']['before'])} -> {_fmt(o['ECE']['after'])}; "
+          f"{100 * r['saturated_fraction']:.2f} % of the sampled voxels saturated")
+    print(f"written to {r['output_folder']}")
     return 0
 
 
@@ -123,6 +144,8 @@ def add_subcommands(subparsers) -> None:
                    help="thresholds of the sweep (p > T). Default: 0.05 0.10 ... 0.95")
     p.add_argument("--eps", type=OPEN_UNIT, default=DEFAULT_EPS, help="NLL clips probabilities at eps: -log(max(p, eps)). Default: float32 machine epsilon "
                         "(1.19e-7, as scikit-learn's log_loss for float32)")
+    p.add_argument("--fixed_threshold", type=PROBABILITY, default=0.5, metavar="T",
+                   help="threshold of the decision rule fixed_T (p > T; added to the sweep). Default: 0.5")
     p.add_argument("--name", help="model name in outputs and comparisons. Default: the trainer/prediction folder name")
     p.add_argument("--chill", action="store_true",
                    help="prediction folder only: evaluate the predicted cases even if some references have none")
@@ -170,7 +193,34 @@ def add_subcommands(subparsers) -> None:
     rule.add_argument("--best_from", metavar="EVALUATION",
                       help="use the best threshold per class of this evaluation's sweep (folder or summary.json)")
     rule.add_argument("--nnunet", action="store_true", help="nnU-Net's own rule (argmax / p > 0.5 for regions)")
+    rule.add_argument("--rule", choices=("dice_optimal", "rankseg_rma", "volume_matched"),
+                      help="a decision rule per class and case (docs/evaluation.md): Nordstrom's Dice-optimal "
+                           "threshold, RankSEG-RMA, or the top round(sum p) voxels")
     p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes. Default: 1")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_threshold, user_errors=_user_errors())
+
+    # ---------------------------------------------------------------------------------------------- calibrate
+    p = subparsers.add_parser(
+        "calibrate",
+        help="cross-fitted post-hoc calibration (temperature / vector / Dirichlet) of saved probabilities",
+        description="Fit a calibration map on log-probabilities by NLL, cross-fitted: each fold's cases are "
+                    "calibrated by a map fitted on the other folds only (five groups of cases without folds). "
+                    "Writes calibrated npz into -o/calibrated (never into nnU-Net's folders), before/ and after/ "
+                    "evaluations, calibration.md, calibration_summary.json and calibration.json (the map fitted "
+                    "on all cases). With --apply calibration.json, -i is a folder of nnUNetv2_predict "
+                    "--save_probabilities output and only the calibrated npz are written. See docs/evaluation.md.")
+    _add_input_args(p, references=True)
+    p.add_argument("-o", required=True, metavar="FOLDER", help="output folder (not inside nnU-Net's folders)")
+    p.add_argument("--method", choices=("temperature", "vector", "dirichlet"), default="temperature",
+                   help="calibration map. Default: temperature")
+    p.add_argument("--apply", metavar="CALIBRATION_JSON", help="apply a fitted calibration.json to -i instead")
+    p.add_argument("--per_label", type=COUNT, default=4000, metavar="N",
+                   help="voxels sampled per reference label and case for the fit. Default: 4000")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed. Default: 0")
+    p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes. Default: 1")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_calibrate, user_errors=_user_errors())
