@@ -131,6 +131,70 @@ def categorical_focal_nll(log_probs: Tensor, onehot: Tensor, class_weights: Opti
     return terms.sum(1, keepdim=True)
 
 
+#: Below this reference-class probability the fused categorical path falls back to log_softmax (log of a
+#: subnormal or zero probability would lose precision or be -inf; log_softmax is exact there).
+_P_T_MIN = 1e-30
+
+
+def categorical_focal_nll_hard(logits: Tensor, onehot: Tensor, class_weights: Optional[Tensor] = None,
+                               class_gammas: Optional[Sequence[float]] = None) -> Tensor:
+    """:func:`categorical_focal_nll` of ``softmax(logits)`` for one-hot ``onehot`` (label maps), shape ``(B, 1, ...)``.
+
+    The reference class's probability ``p_t = sum_c y_c p_c`` comes from one softmax, ``log p_t`` from its
+    logarithm, and :class:`_HardCategoricalFocalNLL` writes the gradient ``G D (y - p)`` out (``D`` the derivative
+    of the focal term with respect to ``log p_t``): the general formula's value and gradient to rounding, with
+    one softmax pass and no log-softmax backward -- as fast as ``torch.nn.functional.cross_entropy``. Where some
+    ``p_t`` is below ``1e-30`` (a confidently wrong voxel, logit gap ~70) the general formula is used.
+    """
+    with torch.no_grad():
+        p = torch.softmax(logits, 1)
+        p_t = (p * onehot).sum(1, keepdim=True)
+    if bool((p_t < _P_T_MIN).any()):
+        return categorical_focal_nll(torch.log_softmax(logits, 1), onehot, class_weights, class_gammas, hard=True)
+    return _HardCategoricalFocalNLL.apply(logits, onehot, p, p_t, class_weights,
+                                          None if class_gammas is None else tuple(float(g) for g in class_gammas))
+
+
+class _HardCategoricalFocalNLL(torch.autograd.Function):
+    r"""Value and vector-Jacobian product of :func:`categorical_focal_nll_hard`.
+
+    Per voxel ``l = log p_t``, ``u = 1 - p_t = -expm1(l)``, ``F = safe_pow(u, gamma_t)``, ``\ell = -w_t F(u) l``.
+    With ``du/dl = -p_t``: ``D = d\ell/dl = -w_t (F - p_t\, l\, F'(u))`` (``F'`` as autograd takes it through
+    :func:`safe_pow`), and ``dl/dx_k = y_k - p_k``, so the gradient for an incoming ``G`` is ``G D (y - p)``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, onehot, p, p_t, class_weights, class_gammas):
+        log_p_t = p_t.log()
+        factor, derivative = 1.0, 0.0
+        if class_gammas is not None:
+            u = torch.expm1(log_p_t).neg_()
+            distinct = sorted(set(class_gammas))
+            for i, g in enumerate(distinct):  # one focal factor per distinct gamma, kept where the class has it
+                f_g, d_g = _focal_factor_and_derivative(u, g)
+                if len(distinct) > 1:
+                    has_g = onehot[:, [c for c, gc in enumerate(class_gammas) if gc == g]].sum(1, keepdim=True)
+                    f_g, d_g = f_g * has_g, d_g * has_g
+                factor, derivative = (f_g, d_g) if i == 0 else (factor + f_g, derivative + d_g)
+        w_t = 1.0 if class_weights is None else (onehot * _channel_weight(class_weights, onehot)).sum(1, keepdim=True)
+        value = _weighted_neg(w_t, log_p_t * factor if isinstance(factor, Tensor) else log_p_t.clone())
+        if ctx.needs_input_grad[0]:
+            d = -(p_t * log_p_t * derivative) if isinstance(derivative, Tensor) or derivative != 0 else None
+            d = (d.add_(factor) if d is not None else _as_tensor(factor, p_t))
+            ctx.save_for_backward(onehot, p, _weighted_neg(w_t, d))
+        return value
+
+    @staticmethod
+    @once_differentiable  # the derivatives are written out without a graph: refuse double backward
+    def backward(ctx, grad_output):
+        onehot, p, d = ctx.saved_tensors
+        return torch.sub(onehot, p).mul_(d * grad_output), None, None, None, None, None
+
+
+def _as_tensor(v: float | Tensor, like: Tensor) -> Tensor:
+    return v.clone() if isinstance(v, Tensor) else torch.full_like(like, v)
+
+
 def binary_focal_nll(log_p: Tensor, log_1mp: Tensor, y: Tensor, w_pos: float | Tensor = 1.0,
                      w_neg: float | Tensor = 1.0, gamma_pos: float = 0.0, gamma_neg: float = 0.0) -> Tensor:
     r"""Per-voxel, per-channel weighted focal binary NLL (one-vs-rest), shape of ``y``.
@@ -249,23 +313,25 @@ def binary_focal_nll_hard(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0
     return _HardBinaryFocalNLL.apply(logits, y, w_pos, w_neg, float(gamma_pos), float(gamma_neg))
 
 
-def _focal_factor_and_slope(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
-    """``F = safe_pow(u, gamma)`` and ``F'(u) u`` with ``F'`` the derivative autograd takes through
-    :func:`safe_pow`, for ``u >= 0`` without a graph (plain numbers for gamma 0).
+def _focal_factor_and_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
+    """``F = safe_pow(u, gamma)`` and ``F'(u)``, the derivative autograd takes through :func:`safe_pow`, for
+    ``u >= 0`` without a graph (plain numbers for gamma 0).
 
-    ``F' u = gamma F`` on the exact piece; on the linear piece (``u <= POW_EPS``, ``gamma < 1``) ``F' u = F``.
-    The pieces are selected by multiplying with a 0/1 mask (exact), which is several times cheaper than
-    ``torch.where`` on CPU.
+    On the linear piece (``u <= POW_EPS``, ``gamma < 1``) ``F' = POW_EPS**(gamma-1)``; at ``u = 0`` every caller
+    multiplies ``F'`` by 0. The pieces are selected by multiplying with a 0/1 mask (exact), which is several
+    times cheaper than ``torch.where`` on CPU.
     """
     if gamma == 0:
         return 1.0, 0.0
     if gamma >= 1:
-        factor = u.pow(gamma)
-        return factor, factor * gamma
+        return u.pow(gamma), (u.pow(gamma - 1).mul_(gamma) if gamma != 1 else 1.0)
     linear = (u <= POW_EPS).to(u.dtype)
-    factor = u.clamp_min(POW_EPS).pow_(gamma).mul_(1 - linear)
+    exact = 1 - linear
+    clamped = u.clamp_min(POW_EPS)
+    factor = clamped.pow(gamma).mul_(exact)
     factor.addcmul_(u, linear, value=POW_EPS ** (gamma - 1))  # exactly one of the two terms is non-zero
-    return factor, factor * linear.mul_(1 - gamma).add_(gamma)
+    derivative = clamped.pow_(gamma - 1).mul_(exact).mul_(gamma).add_(linear, alpha=POW_EPS ** (gamma - 1))
+    return factor, derivative
 
 
 def _blend(y: Tensor, not_y: Tensor, a: float | Tensor, b: float | Tensor) -> float | Tensor:
@@ -290,7 +356,7 @@ class _HardBinaryFocalNLL(torch.autograd.Function):
     .. math:: \frac{d\ell}{dx} = -s\, w\, \big(F(u)\, u - q \log q\; F'(u)\, u\big)
 
     (``gamma = 0``: ``-s w u``, the BCE gradient), ``F'`` being the derivative autograd takes through
-    :func:`safe_pow` (see :func:`_focal_factor_and_slope`): the general formula's value and gradient to rounding.
+    :func:`safe_pow` (see :func:`_focal_factor_and_derivative`): the general formula's value and gradient to rounding.
     """
 
     @staticmethod
@@ -300,10 +366,11 @@ class _HardBinaryFocalNLL(torch.autograd.Function):
         z = logits * sign
         log_q = F.logsigmoid(z)
         u = torch.sigmoid(z.neg_())  # 1 - q, exact where q rounds to 1
-        factor, slope = _focal_factor_and_slope(u, gamma_pos)
+        factor, slope = _focal_factor_and_derivative(u, gamma_pos)
         if gamma_neg != gamma_pos:
-            factor_neg, slope_neg = _focal_factor_and_slope(u, gamma_neg)
+            factor_neg, slope_neg = _focal_factor_and_derivative(u, gamma_neg)
             factor, slope = _blend(y, not_y, factor, factor_neg), _blend(y, not_y, slope, slope_neg)
+        slope = u * slope if isinstance(slope, Tensor) or slope != 0 else 0.0  # F'(u) u
         w = _blend(y, not_y, _channel_weight(w_pos, y), _channel_weight(w_neg, y))  # per-channel weights broadcast
         value = _weighted_neg(w, log_q * factor if isinstance(factor, Tensor) else log_q.clone())  # -w F log q
         if ctx.needs_input_grad[0]:

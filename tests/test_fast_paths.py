@@ -292,3 +292,40 @@ def test_one_vs_rest_softmax_nll_gradcheck():
     for c0 in (0, 1):
         assert torch.autograd.gradcheck(lambda z: Fn.one_vs_rest_softmax_nll_hard(z, onehot, c0, 0.8, 0.4), (x,),
                                         eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gammas,weights", FOCAL_SETTINGS + [(None, None), (None, [0.2, 0.5, 0.3]),
+                                                             ([1.0, 1.0, 1.0], None), ([0.0, 1.0, 0.5], None)])
+@pytest.mark.parametrize("scale", [3.0, 100.0], ids=["fused", "saturated-fallback"])
+def test_fused_categorical_focal_equals_the_general_formula(dtype, gammas, weights, scale):
+    """Label (softmax) CE / weighted CE / focal on label maps: one softmax and the gradient written out vs
+    categorical_focal_nll of log_softmax under autograd; logit gaps of ~300 take the general formula."""
+    g = torch.Generator().manual_seed(23)
+    x = (scale * torch.randn(2, 3, 7, 6, 5, generator=g, dtype=torch.float64)).to(dtype)
+    onehot = torch.zeros(x.shape, dtype=dtype).scatter_(1, torch.randint(0, 3, (2, 1, 7, 6, 5), generator=g), 1)
+    w = None if weights is None else torch.tensor(weights, dtype=torch.float64)
+    out = []
+    for fused in (True, False):
+        xx = x.clone().requires_grad_()
+        if fused:
+            nll = Fn.categorical_focal_nll_hard(xx, onehot, w, gammas)
+        else:
+            nll = Fn.categorical_focal_nll(torch.log_softmax(xx, 1), onehot, w, gammas)
+        (nll * torch.linspace(0.5, 1.5, nll.numel(), dtype=dtype).view(nll.shape)).sum().backward()
+        out.append((nll.detach(), xx.grad))
+    (v_fused, g_fused), (v_gen, g_gen) = out
+    assert torch.isfinite(v_fused).all() and torch.isfinite(g_fused).all()
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(v_fused, v_gen, rtol=tol, atol=tol)
+    torch.testing.assert_close(g_fused, g_gen, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("gammas", [None, [0.5, 0.0, 0.0], [2.0, 2.0, 2.0]])
+def test_fused_categorical_focal_gradcheck(gammas):
+    g = torch.Generator().manual_seed(29)
+    x = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    onehot = torch.zeros(x.shape, dtype=torch.float64).scatter_(1, torch.randint(0, 3, (2, 1, 3, 4), generator=g), 1)
+    w = torch.tensor([0.4, 0.6, 0.6], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: Fn.categorical_focal_nll_hard(z, onehot, w, gammas), (x,),
+                                    eps=1e-6, atol=1e-8, rtol=1e-6)

@@ -34,6 +34,8 @@ def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_we
         # are not limited to float32-rounded weights (delta = 0.6 would become 0.6000000238)
         class_weights = torch.tensor([bg_weight] + [fg_weight] * (n_classes - 1), dtype=torch.float64)
     gammas = None if (fg_gamma == 0 and bg_gamma == 0) else [bg_gamma] + [fg_gamma] * (n_classes - 1)
+    if batch.hard:  # label maps: one softmax, the gradient written out
+        return Fn.categorical_focal_nll_hard(batch.logits, batch.onehot, class_weights, gammas)
     return Fn.categorical_focal_nll(batch.log_probs, batch.onehot, class_weights, gammas, hard=batch.hard)
 
 
