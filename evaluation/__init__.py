@@ -2,7 +2,8 @@
 
 >>> from nnunet_losses.evaluation import evaluate, compare, export_thresholded
 >>> s = evaluate("nnUNet_results/Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres", "eval/ce")
->>> s["mean"]["1"]["dV"], s["calibration"]["pooled"]["ECE"], s["threshold_sweep"]["per_class"]["1"]["best_threshold"]
+>>> s["mean"]["1"]["dV"], s["calibration"]["pooled"]["top_label_ECE"]
+>>> s["threshold_sweep"]["per_class"]["1"]["best_threshold"]
 >>> compare(["eval/ce", "eval/dice"], "eval/ce_vs_dice")
 >>> export_thresholded("nnUNet_results/.../fold_0", "submission", best_from="eval/ce")
 

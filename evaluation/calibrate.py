@@ -12,7 +12,7 @@
    ``.pkl`` into ``OUT/calibrated`` -- a prediction folder of its own (dataset.json, plans.json copied), never
    nnU-Net's -- and evaluated from there ("after").
 
-Outputs: ``calibration.json``, ``calibration.md`` / ``calibration_summary.json`` (before/after: NLL, Brier, ECE,
+Outputs: ``calibration.json``, ``calibration.md`` / ``calibration_summary.json`` (before/after: NLL, Brier, top-label ECE,
 classwise ECE, soft dV, Dice of every decision rule, volume coverage), ``before/`` and ``after/`` (full evaluation
 outputs), ``calibrated/``.
 """

@@ -5,8 +5,8 @@ import math
 
 from nnunet_losses.evaluation.decision_summary import RULES
 
-OVERALL = ("NLL", "Brier", "ECE", "classwise_ECE")
-PER_CLASS = ("Brier", "ECE", "dV_soft", "abs_dV_soft")
+OVERALL = ("NLL", "Brier", "top_label_ECE", "classwise_ECE")
+PER_CLASS = ("Brier", "one_vs_rest_ECE", "dV_soft", "abs_dV_soft")
 VOLUME = ("coverage_95", "CRPS_mean")
 
 

@@ -63,7 +63,13 @@ class Source:
     reader_writer_class: type
     name: str
     description: Dict[str, object] = field(default_factory=dict)
+    #: every folder the run reads (inputs, references, the folders of dataset.json/plans.json): no output there
     protected: List[Path] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> Optional[str]:
+        """nnU-Net's dataset name (``Dataset004_Hippocampus``) when known: the plans' or the trainer folder's."""
+        return self.description.get("dataset")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,12 +198,6 @@ def _env_path(name: str) -> Optional[Path]:
     return Path(v).resolve() if v else None
 
 
-def exported_nnunet_folders() -> List[Path]:
-    """The folders named by ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` (those exported)."""
-    return [p for p in (_env_path("nnUNet_raw"), _env_path("nnUNet_preprocessed"), _env_path("nnUNet_results"))
-            if p is not None]
-
-
 def rerun_hint(trainer: Optional[dict] = None, fold: Optional[str] = None) -> str:
     """What writes a case's probabilities (again): ``nnUNetv2_train ... --val --npz`` for a trainer folder
     (``trainer``: the ``dataset``, ``configuration``, ``trainer``, ``plans`` of :func:`trainer_identity`),
@@ -313,11 +313,16 @@ def find_cases(inputs: Sequence[str | Path], reference_folder: Optional[str | Pa
 def _load_descriptions(folder: Path, dataset_json, plans):
     dj_path = Path(dataset_json) if dataset_json else folder / "dataset.json"
     pl_path = Path(plans) if plans else folder / "plans.json"
-    dj = read_json(dj_path, "dataset.json (give it with --dataset-json)")
+    dj = read_json(dj_path, "dataset.json (give it with -djfile)")
     pl = read_json(pl_path, "plans.json") if (plans or pl_path.is_file()) else None
     if "file_ending" not in dj or "labels" not in dj:
         raise EvaluationError(f"{dj_path}: not an nnU-Net dataset.json (needs 'labels' and 'file_ending')")
     return dj, dj_path, pl
+
+
+def _description_folders(dataset_json, plans) -> List[Path]:
+    """The folders of a dataset.json / plans.json given explicitly (a raw or preprocessed dataset, typically)."""
+    return [Path(f).resolve().parent for f in (dataset_json, plans) if f]
 
 
 def _trainer_references(dataset: str, reference_folder) -> Path:
@@ -374,7 +379,8 @@ def _from_trainer(folder: Path, fold_names: List[str], reference_folder, dataset
     if ref is not None:
         description["reference_folder"] = str(ref)
     return Source(cases, dj, pl, spec, _reader_writer(dj, pl, example), name=folder.name, description=description,
-                  protected=[folder] + ([ref] if ref is not None else []))
+                  protected=[folder] + ([ref] if ref is not None else []) +
+                  _description_folders(dataset_json, plans))
 
 
 def _fold_cases(vdir: Path, fold: str, file_ending: str, expected: Optional[List[str]], ref: Optional[Path],
@@ -430,7 +436,8 @@ def _from_prediction_folder(folder: Path, reference_folder, dataset_json, plans,
         raise EvaluationError(f"{folder / (missing_npz[0] + '.npz')}: probabilities missing next to "
                               f"{missing_npz[0]}{fe}; {hint}")
     names = sorted(ids["npz"])
-    ref, description = None, {"mode": "predictions", "prediction_folder": str(folder)}
+    ref, description = None, {"mode": "predictions", "prediction_folder": str(folder),
+                              "dataset": (pl or {}).get("dataset_name"), "plans": (pl or {}).get("plans_name")}
     if references:
         ref = Path(reference_folder).resolve()
         description.update(reference_folder=str(ref),
@@ -439,7 +446,8 @@ def _from_prediction_folder(folder: Path, reference_folder, dataset_json, plans,
                        _properties(folder, c, not references, hint), hint) for c in names]
     example = cases[0].reference if references else next(folder.glob("*" + fe), None)
     return Source(cases, dj, pl, spec, _reader_writer(dj, pl, example), name=folder.name, description=description,
-                  protected=[folder] + ([ref] if ref is not None else []))
+                  protected=[folder] + ([ref] if ref is not None else []) +
+                  _description_folders(dataset_json, plans))
 
 
 def _check_references(folder: Path, ref: Path, names: List[str], file_ending: str, chill: bool) -> int:

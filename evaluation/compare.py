@@ -1,14 +1,14 @@
-"""``compare``: paired comparison of two or more evaluated models on the same cases (seed 001's Table 1).
+"""``compare``: paired comparison of evaluated models on the same cases (Bertels et al. 2020, Table 1).
 
 Input: the output folders (or summary.json files) of ``nnunet-losses evaluate`` -- the per-case metrics are
 already there, so comparing is cheap and never re-reads probabilities.
 
 * per model and class: mean of every metric; volume bias ``dV`` (hard) and ``dV_soft`` tested against 0
   (bootstrap + Wilcoxon, Holm across classes) -> flagged *under*- (italic) or **over**-estimation (bold) when the
-  Holm-adjusted bootstrap p < alpha, as in seed 001's Table 1;
+  Holm-adjusted bootstrap p < alpha, as in Bertels et al. 2020, Table 1;
 * per pair of models (every pair, ``B - A`` with A listed first), metric and class: mean difference, bootstrap
   percentile CI, bootstrap p and Wilcoxon signed-rank p, both Holm-adjusted across the classes of that
-  (pair, metric) family; the case-level calibration metrics (NLL, Brier, ECE, classwise ECE) form families of
+  (pair, metric) family; the case-level calibration metrics (NLL, Brier, top-label ECE, classwise ECE) form families of
   one.
 """
 from __future__ import annotations
@@ -25,12 +25,13 @@ from nnunet_losses.evaluation.errors import EvaluationError
 from nnunet_losses.evaluation.formatting import number, p_value
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED, holm, one_sample, paired
 
-CLASS_METRICS = ("Dice", "soft_Dice", "dV", "abs_dV", "dV_soft", "abs_dV_soft", "NLL", "Brier", "ECE")
-CASE_METRICS = ("NLL", "Brier", "ECE", "classwise_ECE")
+CLASS_METRICS = ("Dice", "soft_Dice", "dV", "abs_dV", "dV_soft", "abs_dV_soft", "NLL", "Brier", "one_vs_rest_ECE")
+CASE_METRICS = ("NLL", "Brier", "top_label_ECE", "classwise_ECE")
 BIAS_METRICS = ("dV", "dV_soft")
 #: which direction is better, for the "better" column (None: no order, e.g. signed volume error)
 HIGHER_IS_BETTER = {"Dice": True, "soft_Dice": True, "abs_dV": False, "abs_dV_soft": False, "NLL": False,
-                    "Brier": False, "ECE": False, "classwise_ECE": False, "dV": None, "dV_soft": None}
+                    "Brier": False, "one_vs_rest_ECE": False, "top_label_ECE": False, "classwise_ECE": False,
+                    "dV": None, "dV_soft": None}
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.json", "volume_bias.csv")
 PLOT_FILES = ("volume_error_per_trainer.png",)
 
@@ -77,8 +78,28 @@ def _model_names(sums: Sequence[dict], names: Optional[Sequence[str]]) -> List[s
     return names
 
 
+def _check_distinct(sums: Sequence[dict], names: Sequence[str]) -> None:
+    """No evaluation twice: the same summary.json, or two evaluations of the same predictions."""
+    seen = {}
+    for s, n in zip(sums, names):
+        src = s.get("source") or {}
+        folder = src.get("trainer_folder") or src.get("prediction_folder")
+        ids = [("file", str(Path(s["_path"]).resolve()))] if s.get("_path") else []
+        if folder:
+            ids.append(("predictions", json.dumps([folder, src.get("folds")], sort_keys=True)))
+        for i in ids:
+            if i in seen:
+                raise EvaluationError(f"{s.get('_path') or n}: evaluates the same predictions as {seen[i]}; "
+                                      f"a model compared with itself has nothing to test -- give different models")
+            seen[i] = s.get("_path") or n
+
+
 def _check_comparable(sums: Sequence[dict], names: Sequence[str]) -> str:
-    """Same classes and volume unit in every evaluation; returns the unit."""
+    """Same dataset, classes and volume unit in every evaluation; returns the unit."""
+    datasets = {(s.get("source") or {}).get("dataset") for s in sums} - {None}
+    if len(datasets) > 1:
+        raise EvaluationError(f"evaluations of different datasets {sorted(datasets)}; compare models of the same "
+                              f"dataset (the cases would be paired by name only)")
     keys = list(sums[0]["mean"].keys())
     for s, n in zip(sums[1:], names[1:]):
         if list(s["mean"].keys()) != keys:
@@ -110,12 +131,12 @@ def _holm_columns(family: List[dict]) -> None:
             r[col + "_holm"] = float(adjusted)
 
 
-def model_means(tables: Sequence[_Table], names, keys, class_metrics) -> List[dict]:
+def model_means(tables: Sequence[_Table], names, keys, class_metrics, case_metrics) -> List[dict]:
     """Mean (NaN cases left out) of every metric per model and class; the case-level ones as class "all"."""
     rows = []
     for t, n in zip(tables, names):
         cells = [(m, k, t.values(m, k)) for m in class_metrics for k in keys]
-        cells += [(m, "all", t.values(m, None)) for m in CASE_METRICS]
+        cells += [(m, "all", t.values(m, None)) for m in case_metrics]
         for m, k, v in cells:
             ok = ~np.isnan(v)
             rows.append({"model": n, "metric": m, "class": k, "mean": float(v[ok].mean()) if ok.any() else math.nan,
@@ -124,7 +145,7 @@ def model_means(tables: Sequence[_Table], names, keys, class_metrics) -> List[di
 
 
 def volume_bias(tables: Sequence[_Table], names, keys, n_boot: int, seed: int, alpha: float) -> List[dict]:
-    """Per model and bias metric: mean against 0 per class, Holm across the classes (seed 001's Table 1 flags)."""
+    """Per model and bias metric: mean against 0 per class, Holm across the classes (Table 1 flags)."""
     rows = []
     for t, n in zip(tables, names):
         for m in BIAS_METRICS:
@@ -146,11 +167,11 @@ def better_model(row: dict, metric: str, alpha: float) -> str:
     return row["model_b"] if (row["mean_diff"] > 0) == higher_is_better else row["model_a"]
 
 
-def paired_differences(tables: Sequence[_Table], names, keys, class_metrics, n_boot: int, seed: int,
+def paired_differences(tables: Sequence[_Table], names, keys, class_metrics, case_metrics, n_boot: int, seed: int,
                        alpha: float) -> List[dict]:
     """Every pair (B - A, A listed first), metric and class; Holm across the classes of each (pair, metric)."""
     rows = []
-    families = [(m, keys) for m in class_metrics] + [(m, [None]) for m in CASE_METRICS]
+    families = [(m, keys) for m in class_metrics] + [(m, [None]) for m in case_metrics]
     for (ta, a), (tb, b) in itertools.combinations(zip(tables, names), 2):
         for m, family_keys in families:
             family = [{"model_a": a, "model_b": b, "metric": m, "class": k if k is not None else "all",
@@ -170,26 +191,34 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
         raise EvaluationError("compare needs at least two evaluations")
     sums = [e if isinstance(e, dict) else load_evaluation(e) for e in evaluations]
     names = _model_names(sums, names)
+    _check_distinct(sums, names)
     unit = _check_comparable(sums, names)
     keys = list(sums[0]["mean"].keys())
     common = _common_cases(sums, names, common_cases)
     tables = [_Table(s, common) for s in sums]
     regions = sums[0].get("task", {}).get("type") == "regions"
+    # label models have no per-class NLL (theirs is categorical, per case), region models no top label
     class_metrics = [m for m in CLASS_METRICS if m != "NLL" or regions]
+    case_metrics = [m for m in CASE_METRICS if m != "top_label_ECE" or not regions]
     result = {"models": names, "sources": [s.get("_path") for s in sums], "classes": keys, "volume_unit": unit,
               "n_cases": len(common), "cases": common, "alpha": alpha, "n_boot": n_boot, "seed": seed,
-              "model_means": model_means(tables, names, keys, class_metrics),
+              "model_means": model_means(tables, names, keys, class_metrics, case_metrics),
               "volume_bias": volume_bias(tables, names, keys, n_boot, seed, alpha),
-              "paired": paired_differences(tables, names, keys, class_metrics, n_boot, seed, alpha)}
+              "paired": paired_differences(tables, names, keys, class_metrics, case_metrics, n_boot, seed, alpha)}
     if output_folder is not None:
         per_model_dV = {n: {k: t.values("dV", k).tolist() for k in keys} for t, n in zip(tables, names)}
-        result["output_folder"] = str(_write_comparison(result, per_model_dV, Path(output_folder), overwrite, plots))
+        inputs = [Path(s["_path"]).parent for s in sums if s.get("_path")]
+        result["output_folder"] = str(_write_comparison(result, per_model_dV, Path(output_folder), inputs,
+                                                        [(s.get("source") or {}).get("dataset") for s in sums],
+                                                        overwrite, plots))
     return result
 
 
-def _write_comparison(result: dict, per_model_dV: dict, output_folder: Path, overwrite: bool, plots: bool) -> Path:
+def _write_comparison(result: dict, per_model_dV: dict, output_folder: Path, inputs: List[Path], datasets,
+                      overwrite: bool, plots: bool) -> Path:
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_csv, write_json
-    dest = check_destination(output_folder, [], overwrite, list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
+    dest = check_destination(output_folder, inputs, overwrite,
+                             list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []), datasets)
     with AtomicFolder(dest) as tmp:
         write_json(result, tmp / "comparison.json", sort_keys=False)
         write_csv(result["paired"], tmp / "comparison.csv")
@@ -206,12 +235,13 @@ def comparison_markdown(result: dict) -> str:
     means = {(r["model"], r["metric"], r["class"]): r for r in result["model_means"]}
     bias = {(r["model"], r["metric"], r["class"]): r for r in result["volume_bias"]}
     metrics = sorted({r["metric"] for r in result["model_means"]}, key=lambda m: (
-        ["Dice", "soft_Dice", "NLL", "Brier", "ECE", "classwise_ECE", "dV", "dV_soft", "abs_dV", "abs_dV_soft"].index(m)))
+        ["Dice", "soft_Dice", "NLL", "Brier", "one_vs_rest_ECE", "top_label_ECE", "classwise_ECE", "dV", "dV_soft",
+         "abs_dV", "abs_dV_soft"].index(m)))
     lines = [f"# Comparison of {', '.join(names)}", "",
              f"{result['n_cases']} cases common to all models; volumes in {unit}; means over cases (NaN cases left "
              f"out, counts in comparison.json). Significant volumetric *underestimation in italic* and "
              f"**overestimation in bold** (mean dV against 0: bootstrap, {result['n_boot']} resamples, seed "
-             f"{result['seed']}, Holm across classes, alpha = {alpha}), as in seed 001's Table 1.", "",
+             f"{result['seed']}, Holm across classes, alpha = {alpha}), as in Bertels et al. 2020, Table 1.", "",
              "| metric | class | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for m in metrics:
         for k in keys + ["all"]:

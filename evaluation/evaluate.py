@@ -203,7 +203,7 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     dest = None
     if output_folder is not None:
         dest = check_destination(Path(output_folder), source.protected, overwrite,
-                                 list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []))
+                                 list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []), [source.dataset])
     results = reduce_cases(source, grid, eps, num_processes, progress)
     summary = build_summary(source, results, grid, eps, fixed_threshold)
     if dest is not None:

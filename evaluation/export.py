@@ -7,9 +7,14 @@ direction preserved). With nnU-Net's rule (``nnunet_rule=True``; argmax, or ``p 
 the files are identical, voxel for voxel, to nnU-Net's own export.
 
 Threshold rules: one threshold for every class, one per class (class order of dataset.json), or the best
-thresholds of an evaluation's sweep (``best_from=<evaluation folder or summary.json>``). Regions: ``seg[p_i >
+thresholds of an evaluation's sweep (``best_from=<evaluation folder or summary.json>``, checked to be of the
+same dataset, classes and -- as far as the folders tell -- model). Regions: ``seg[p_i >
 T_i] = regions_class_order[i]`` in order (nnU-Net's rule with 0.5 replaced by ``T_i``); labels: the
 foreground class with the largest ``p_c`` among those with ``p_c > T_c``, else background.
+
+The output folder gets ``thresholds.json`` (rule, thresholds, cases) and a copy of the dataset's
+``dataset.json`` (so ``nnunet-losses package`` knows the task); with ``overwrite`` the label maps an earlier run
+wrote for cases no longer in the run are removed.
 """
 from __future__ import annotations
 
@@ -21,16 +26,17 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_losses.evaluation.errors import EvaluationError
-from nnunet_losses.evaluation.cases import CaseFiles, find_cases, load_probabilities, load_properties
+from nnunet_losses.evaluation.cases import CaseFiles, Source, find_cases, load_probabilities, load_properties
 from nnunet_losses.evaluation.parallel import map_cases
 from nnunet_losses.evaluation.probabilities import check_range, check_sums_to_one, sum_tolerance
 from nnunet_losses.evaluation.spec import TaskSpec
 
 
 def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_rule: bool = False,
-                       decision_rule: Optional[str] = None) -> Tuple[object, dict]:
+                       decision_rule: Optional[str] = None, source: Optional[Source] = None) -> Tuple[object, dict]:
     """Per-class thresholds (None = nnU-Net's rule; a string: a voxel decision rule of :mod:`.decisions`) and a
-    description of where they come from."""
+    description of where they come from; ``source`` (the cases to threshold) lets ``best_from`` be checked
+    against the dataset and model it was evaluated on."""
     given = sum(x is not None and x is not False for x in (thresholds, best_from, nnunet_rule or None, decision_rule))
     if given != 1:
         raise EvaluationError("choose exactly one rule: thresholds (-t), the best thresholds of an evaluation "
@@ -45,24 +51,7 @@ def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_r
     if nnunet_rule:
         return None, {"rule": "nnU-Net (argmax)" if not spec.has_regions else "nnU-Net (p > 0.5 overwrite)"}
     if best_from is not None:
-        p = Path(best_from)
-        f = p / "summary.json" if p.is_dir() else p
-        try:
-            s = json.loads(f.read_text())
-            per = s["threshold_sweep"]["per_class"]
-        except FileNotFoundError:
-            raise EvaluationError(f"{f}: not found; give an `nnunet-losses evaluate` output folder") from None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise EvaluationError(f"{f}: no threshold sweep in it; give an `nnunet-losses evaluate` output") from None
-        missing = [k for k in keys if k not in per]
-        if missing:
-            raise EvaluationError(f"{f}: no sweep for class {missing[0]} (classes {list(per)}); evaluated on "
-                                  f"another dataset?")
-        thr = [float(per[k]["best_threshold"]) for k in keys]
-        if any(math.isnan(t) for t in thr):
-            raise EvaluationError(f"{f}: the sweep found no best threshold for class "
-                                  f"{keys[[math.isnan(t) for t in thr].index(True)]} (no case defines its Dice)")
-        return thr, {"rule": "best thresholds of the sweep", "source": str(f), "thresholds": dict(zip(keys, thr))}
+        return best_thresholds(spec, best_from, source)
     thr = [float(t) for t in (thresholds if isinstance(thresholds, (list, tuple)) else [thresholds])]
     if len(thr) == 1:
         thr = thr * len(keys)
@@ -71,6 +60,73 @@ def resolve_thresholds(spec: TaskSpec, thresholds=None, best_from=None, nnunet_r
     if not all(0.0 <= t < 1.0 for t in thr):
         raise EvaluationError(f"thresholds must lie in [0, 1), got {thr}")
     return thr, {"rule": "thresholds", "thresholds": dict(zip(keys, thr))}
+
+
+def _read_sweep(best_from) -> Tuple[Path, dict]:
+    p = Path(best_from)
+    f = p / "summary.json" if p.is_dir() else p
+    try:
+        summary = json.loads(f.read_text())
+        summary["threshold_sweep"]["per_class"].items()
+    except FileNotFoundError:
+        raise EvaluationError(f"{f}: not found; give an `nnunet-losses evaluate` output folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise EvaluationError(f"{f}: no threshold sweep in it; give an `nnunet-losses evaluate` output") from None
+    return f, summary
+
+
+def _check_same_model(f: Path, evaluated: dict, source: Source) -> None:
+    """The evaluation must be of the same dataset and, as far as the folders tell, of the same model."""
+    here = source.description
+    if evaluated.get("dataset") and here.get("dataset") and evaluated["dataset"] != here["dataset"]:
+        raise EvaluationError(f"{f}: evaluates dataset {evaluated['dataset']}, these predictions are of "
+                              f"{here['dataset']}; use the evaluation of this model on this dataset")
+    for k in ("trainer", "plans", "configuration"):
+        if evaluated.get(k) and here.get(k) and evaluated[k] != here[k]:
+            raise EvaluationError(f"{f}: evaluates {k} {evaluated[k]}, these predictions come from {here[k]}; "
+                                  f"thresholds tuned on another model do not transfer")
+
+
+def best_thresholds(spec: TaskSpec, best_from, source: Optional[Source] = None) -> Tuple[List[float], dict]:
+    """The sweep's best threshold per class of an ``evaluate`` output, checked: same classes (and task type),
+    same dataset/model when ``source`` is given, every threshold strictly inside (0, 1)."""
+    f, summary = _read_sweep(best_from)
+    per, keys = summary["threshold_sweep"]["per_class"], spec.keys
+    task = summary.get("task", {})
+    if list(per) != keys or task.get("type", "regions" if spec.has_regions else "labels") != \
+            ("regions" if spec.has_regions else "labels"):
+        raise EvaluationError(f"{f}: sweep of classes {list(per)} ({task.get('type')}), these predictions have "
+                              f"{keys}; evaluated on another dataset?")
+    if source is not None:
+        _check_same_model(f, summary.get("source") or {}, source)
+    thr = []
+    for k in keys:
+        t = per[k].get("best_threshold")
+        if not isinstance(t, (int, float)) or math.isnan(t) or not 0.0 < t < 1.0:
+            raise EvaluationError(f"{f}: best threshold of class {k} is {t}, not a number strictly between 0 and 1; "
+                                  f"re-run `nnunet-losses evaluate` (its sweep picks one from --thresholds)")
+        thr.append(float(t))
+    return thr, {"rule": "best thresholds of the sweep", "source": str(f), "thresholds": dict(zip(keys, thr))}
+
+
+def _stale_label_maps(dest: Path, file_ending: str, cases: Sequence[str]) -> List[Path]:
+    """Label maps an earlier ``threshold`` run wrote into ``dest`` (its thresholds.json lists them) for cases
+    this run does not write: removed once this run succeeded, so the folder holds exactly this run's cases. A
+    label map no ``threshold`` run wrote there is never touched: it is an error (it would end up in a
+    submission packaged from this folder)."""
+    if not dest.is_dir():
+        return []
+    found = {p.name[: -len(file_ending)] for p in dest.iterdir() if p.is_file() and p.name.endswith(file_ending)}
+    try:
+        previous = set(json.loads((dest / "thresholds.json").read_text()).get("cases", []))
+    except (OSError, ValueError, AttributeError):
+        previous = set()
+    foreign = sorted(found - previous - set(cases))
+    if foreign:
+        raise EvaluationError(f"{dest / (foreign[0] + file_ending)}: not written by `nnunet-losses threshold` "
+                              f"({len(foreign)} such label map(s)), nor a case of this run; choose an empty output "
+                              f"folder")
+    return [dest / f"{c}{file_ending}" for c in sorted((found & previous) - set(cases))]
 
 
 def export_case(case: CaseFiles, spec: TaskSpec, thresholds: Optional[List[float]], reader_writer_class,
@@ -101,8 +157,8 @@ def export_case(case: CaseFiles, spec: TaskSpec, thresholds: Optional[List[float
 
 
 def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None, nnunet_rule: bool = False,
-                       decision_rule: Optional[str] = None, folds: Optional[Sequence] = None, dataset_json=None, plans=None, num_processes: int = 1,
-                       overwrite: bool = False, progress: bool = False) -> dict:
+                       decision_rule: Optional[str] = None, folds: Optional[Sequence] = None, dataset_json=None,
+                       plans=None, num_processes: int = 1, overwrite: bool = False, progress: bool = False) -> dict:
     """Write thresholded label maps of every case into ``output_folder`` (see module doc)."""
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_json
     if isinstance(inputs, (str, Path)):
@@ -110,10 +166,11 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
     source = find_cases(inputs, folds=[str(f) for f in folds] if folds else None, dataset_json=dataset_json,
                         plans=plans, references=False)
     spec, cases = source.spec, source.cases
-    thr, rule = resolve_thresholds(spec, thresholds, best_from, nnunet_rule, decision_rule)
+    thr, rule = resolve_thresholds(spec, thresholds, best_from, nnunet_rule, decision_rule, source)
     fe = source.dataset_json["file_ending"]
-    names = [f"{c.name}{fe}" for c in cases] + ["thresholds.json"]
-    dest = check_destination(Path(output_folder), source.protected, overwrite, names)
+    names = [f"{c.name}{fe}" for c in cases] + ["thresholds.json", "dataset.json"]
+    dest = check_destination(Path(output_folder), source.protected, overwrite, names, [source.dataset])
+    stale = _stale_label_maps(dest, fe, [c.name for c in cases])
     with AtomicFolder(dest) as tmp:
         map_cases(export_case, cases, dict(spec=spec, thresholds=thr, reader_writer_class=source.reader_writer_class,
                                            out_folder=tmp, file_ending=fe,
@@ -123,5 +180,9 @@ def export_thresholded(inputs, output_folder, *, thresholds=None, best_from=None
                 "n_cases": len(cases), "cases": [c.name for c in cases], "source": source.description,
                 "file_ending": fe}
         write_json(info, tmp / "thresholds.json", sort_keys=False)
+        # the dataset's description travels with the label maps: `package` reads the task from it
+        write_json(source.dataset_json, tmp / "dataset.json", sort_keys=False)
+    for f in stale:
+        f.unlink()
     info["output_folder"] = str(dest)
     return info

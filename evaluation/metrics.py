@@ -8,17 +8,19 @@ Conventions (documented in docs/evaluation.md):
   (expected) volume is ``sum(p) x voxel volume``; ``dV = V_pred - V_ref``, ``rel_dV = dV / V_ref`` (NaN if the
   reference is empty);
 * calibration, one-vs-rest per channel ``c`` with ``y = [voxel belongs to c]``: Brier ``mean (p - y)^2``
-  (= scikit-learn's ``brier_score_loss``), ECE ``sum_b |sum_{i in b} y_i - sum_{i in b} p_i| / N`` over the
-  equal-width bins; per case overall: label models NLL ``-mean log max(p_true, eps)`` (categorical, =
+  (= scikit-learn's ``brier_score_loss``), ``one_vs_rest_ECE`` ``sum_b |sum_{i in b} y_i - sum_{i in b} p_i| / N``
+  over the equal-width bins; per case overall: label models NLL ``-mean log max(p_true, eps)`` (categorical, =
   scikit-learn's ``log_loss``), Brier = mean over all channels (background included; the DSC++ paper's
-  ``1/(CN) sum sum (y - p)^2``), ECE = top-label (confidence = max p, correct = argmax is the reference label),
-  classwise ECE = mean one-vs-rest ECE over all channels; region models: per-region binary NLL, Brier, ECE and
-  their mean over regions (ECE = classwise ECE, there is no top label among overlapping regions);
+  ``1/(CN) sum sum (y - p)^2``), ``top_label_ECE`` (confidence = max p, correct = argmax is the reference
+  label), ``classwise_ECE`` = mean one-vs-rest ECE over all channels; region models: per-region binary NLL,
+  Brier, one-vs-rest ECE and their mean over regions (``top_label_ECE`` is NaN: overlapping regions have no top
+  label). Three ECEs, three names: never a bare "ECE";
 * ignore-label voxels are excluded from everything (they are not counted in N).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -32,8 +34,9 @@ NAN = float("nan")
 NNUNET_METRICS = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
 #: per-class metrics this package adds
 EXTRA_METRICS = ("precision", "recall", "soft_Dice", "V_ref", "V_pred", "dV", "abs_dV", "rel_dV", "V_soft",
-                 "dV_soft", "abs_dV_soft", "rel_dV_soft", "Brier", "ECE", "NLL")
-CALIBRATION_METRICS = ("NLL", "Brier", "ECE", "classwise_ECE")
+                 "dV_soft", "abs_dV_soft", "rel_dV_soft", "Brier", "one_vs_rest_ECE", "NLL")
+#: per-case calibration of all channels together
+CALIBRATION_METRICS = ("NLL", "Brier", "top_label_ECE", "classwise_ECE")
 
 
 def _div(a: float, b: float) -> float:
@@ -73,10 +76,10 @@ def overall_calibration(stats: CaseStats, spec: TaskSpec) -> Dict[str, float]:
     ece = channel_ece(stats)
     if spec.has_regions:
         nll = stats.nll_sum / n if n else np.full(spec.n_channels, NAN)
-        return {"NLL": float(np.mean(nll)), "Brier": float(np.mean(brier)), "ECE": float(np.mean(ece)),
+        return {"NLL": float(np.mean(nll)), "Brier": float(np.mean(brier)), "top_label_ECE": NAN,
                 "classwise_ECE": float(np.mean(ece))}
     return {"NLL": _div(stats.cat_nll_sum, n), "Brier": float(np.mean(brier)),
-            "ECE": _ece(stats.top_reliability, n), "classwise_ECE": float(np.mean(ece))}
+            "top_label_ECE": _ece(stats.top_reliability, n), "classwise_ECE": float(np.mean(ece))}
 
 
 def case_metrics(stats: CaseStats, spec: TaskSpec, voxel_volume: float):
@@ -102,7 +105,7 @@ def case_metrics(stats: CaseStats, spec: TaskSpec, voxel_volume: float):
                  rel_dV=_div(v_pred - v_ref, v_ref), V_soft=float(v_soft), dV_soft=float(v_soft - v_ref),
                  abs_dV_soft=float(abs(v_soft - v_ref)), rel_dV_soft=_div(v_soft - v_ref, v_ref))
         d["Brier"] = float(brier[ch])
-        d["ECE"] = float(ece[ch])
+        d["one_vs_rest_ECE"] = float(ece[ch])
         if spec.has_regions:  # label models: the categorical NLL is a per-case quantity (calibration)
             d["NLL"] = _div(stats.nll_sum[ch], stats.n_valid)
         out[key] = d
@@ -162,18 +165,18 @@ def pooled_calibration(stats: Sequence[CaseStats], spec: TaskSpec, grid: BinGrid
            "per_channel": {}}
     channel_names = [str(c) if spec.has_regions else str(c) for c in spec.channels]
     for ch, name in enumerate(channel_names):
-        entry = {"Brier": float(brier[ch]), "ECE": float(ece[ch]), **table(rel[ch])}
+        entry = {"Brier": float(brier[ch]), "one_vs_rest_ECE": float(ece[ch]), **table(rel[ch])}
         if spec.has_regions:
             nll_sum = float(np.sum([s.nll_sum[ch] for s in stats]))
             entry["NLL"] = nll_sum / n if n else NAN
         out["per_channel"][name] = entry
     if spec.has_regions:
         nll = float(np.mean([out["per_channel"][c]["NLL"] for c in channel_names]))
-        out.update(NLL=nll, Brier=float(np.mean(brier)), ECE=float(np.mean(ece)), classwise_ECE=float(np.mean(ece)))
+        out.update(NLL=nll, Brier=float(np.mean(brier)), top_label_ECE=NAN, classwise_ECE=float(np.mean(ece)))
     else:
         top = np.sum([s.top_reliability for s in stats], axis=0) if stats else np.zeros((grid.n_bins, 3))
         cat = float(np.sum([s.cat_nll_sum for s in stats]))
-        out.update(NLL=cat / n if n else NAN, Brier=float(np.mean(brier)), ECE=_ece(top, n),
+        out.update(NLL=cat / n if n else NAN, Brier=float(np.mean(brier)), top_label_ECE=_ece(top, n),
                    classwise_ECE=float(np.mean(ece)), top_label=table(top))
     return out
 
@@ -220,26 +223,53 @@ def threshold_sweep(stats: Sequence[CaseStats], spec: TaskSpec, grid: BinGrid) -
         entry = {"Dice_mean": dice_mean.tolist(), "n_cases_defined": n_def.astype(int).tolist(),
                  "Dice_pooled": _dice(TP, FP, FN).tolist(), "precision": _ratio(TP, TP + FP).tolist(),
                  "recall": _ratio(TP, TP + FN).tolist(), "TP": TP.tolist(), "FP": FP.tolist(), "FN": FN.tolist()}
-        entry.update(best_threshold(thr, dice_mean))
+        if (TP + FN).max(initial=0) == 0:  # no reference voxel of this class in any case
+            entry.update(best_threshold_without_reference(thr, FP, dice_mean))
+        else:
+            entry.update(best_threshold(thr, dice_mean))
         result["per_class"][key] = entry
     overall = {}
     for m in ("Dice_mean", "Dice_pooled", "precision", "recall"):
         arr = np.array([result["per_class"][k][m] for k in spec.keys], dtype=np.float64)
-        overall[m] = arr.mean(0).tolist() if len(arr) else []
+        # mean over the classes defined at T: a class absent from every case is NaN exactly where nothing of it is
+        # predicted (correct), and must not make the whole row NaN there (and 0-Dice thresholds look best)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            overall[m] = np.nanmean(arr, axis=0).tolist() if len(arr) else []
     overall.update(best_threshold(thr, np.array(overall["Dice_mean"], dtype=np.float64)))
     result["overall"] = overall
     return result
 
 
+def _closest_to_half(thresholds: Sequence[float], candidates: Sequence[int]) -> int:
+    """Tie rule: the threshold closest to 0.5 (nnU-Net's own cut), then the lower one."""
+    return min(candidates, key=lambda j: (abs(thresholds[j] - 0.5), thresholds[j]))
+
+
 def best_threshold(thresholds: Sequence[float], dice: np.ndarray) -> dict:
-    """Threshold with the highest mean Dice; ties go to the one closest to 0.5 (nnU-Net's own cut)."""
+    """Threshold with the highest mean Dice; ties go to the one closest to 0.5 (nnU-Net's own cut), then to the
+    lower one."""
     dice = np.asarray(dice, dtype=np.float64)
     if not np.isfinite(dice).any():
-        return {"best_threshold": NAN, "best_Dice_mean": NAN}
+        return {"best_threshold": NAN, "best_Dice_mean": NAN, "best_threshold_rule": "no threshold has a Dice"}
     top = np.nanmax(dice)
-    cands = [i for i, d in enumerate(dice) if np.isfinite(d) and d >= top - 1e-12]
-    i = min(cands, key=lambda j: (abs(thresholds[j] - 0.5), thresholds[j]))
-    return {"best_threshold": float(thresholds[i]), "best_Dice_mean": float(dice[i])}
+    i = _closest_to_half(thresholds, [i for i, d in enumerate(dice) if np.isfinite(d) and d >= top - 1e-12])
+    return {"best_threshold": float(thresholds[i]), "best_Dice_mean": float(dice[i]),
+            "best_threshold_rule": "highest Dice_mean"}
+
+
+def best_threshold_without_reference(thresholds: Sequence[float], false_positives: np.ndarray,
+                                     dice: np.ndarray) -> dict:
+    """A class with no reference voxel in any case: Dice is 0 wherever something is predicted and undefined
+    (NaN: the correct, empty prediction) elsewhere, so "highest Dice" would pick a threshold that predicts
+    false positives. The best threshold predicts the fewest voxels of it -- ideally none -- ties as
+    :func:`best_threshold`."""
+    fp = np.asarray(false_positives, dtype=np.float64)
+    if not len(fp):
+        return best_threshold(thresholds, dice)
+    i = _closest_to_half(thresholds, [j for j, f in enumerate(fp) if f == fp.min()])
+    return {"best_threshold": float(thresholds[i]), "best_Dice_mean": float(dice[i]),
+            "best_threshold_rule": "no reference voxel in any case: fewest false-positive voxels"}
 
 
 def size_deciles(metric_per_case: List[dict], keys: Sequence[str], n_groups: int = 10) -> dict:

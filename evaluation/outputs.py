@@ -2,8 +2,8 @@
 
 Outputs are written to a hidden temporary folder next to the destination and moved into place only when
 everything succeeded, so an error (bad input found halfway through, a full disk) leaves nothing behind. The
-destination must not be inside nnU-Net's folders (``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``)
-or the input folders, and existing files are replaced only with ``overwrite=True``.
+destination must not be inside nnU-Net's folders or the folders the run reads (:mod:`.safety`), and existing
+files are replaced only with ``overwrite=True``.
 """
 from __future__ import annotations
 
@@ -19,25 +19,14 @@ import numpy as np
 
 from nnunet_losses.evaluation.errors import EvaluationError
 from nnunet_losses.evaluation.formatting import csv_cell
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
+from nnunet_losses.evaluation.safety import check_output_location
 
 
 def check_destination(dest: Path, protected: Sequence[Path], overwrite: bool,
-                      names: Optional[Iterable[str]] = None) -> Path:
-    """Refuse destinations inside nnU-Net's/input folders, and existing outputs unless ``overwrite``."""
-    from nnunet_losses.evaluation.cases import exported_nnunet_folders
-    dest = Path(dest).resolve()
-    for folder in [*exported_nnunet_folders(), *[Path(p).resolve() for p in protected]]:
-        if _inside(dest, folder) or _inside(folder, dest):
-            raise EvaluationError(f"{dest}: refusing to write inside (or around) {folder}, which belongs to "
-                                  f"nnU-Net or holds the inputs; choose an output folder elsewhere")
+                      names: Optional[Iterable[str]] = None, dataset_names: Iterable[str] = ()) -> Path:
+    """Refuse destinations in (or around) the folders the run reads or in nnU-Net's trees
+    (:func:`.safety.check_output_location`), and existing outputs unless ``overwrite``."""
+    dest = check_output_location(dest, protected, dataset_names)
     if dest.exists() and not dest.is_dir():
         raise EvaluationError(f"{dest}: exists and is not a folder")
     if dest.is_dir() and not overwrite:

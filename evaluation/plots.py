@@ -27,14 +27,14 @@ def reliability_diagram(summary: dict, path: Path) -> None:
     edges = np.asarray(pooled["bin_edges"])
     curves = []
     if "top_label" in pooled:
-        curves.append(("top-label confidence", pooled["top_label"], pooled["ECE"]))
+        curves.append(("top-label confidence", pooled["top_label"], "top-label ECE", pooled["top_label_ECE"]))
     for k, v in pooled["per_channel"].items():
-        curves.append((f"channel {k} (one-vs-rest)", v, v["ECE"]))
+        curves.append((f"channel {k} (one-vs-rest)", v, "one-vs-rest ECE", v["one_vs_rest_ECE"]))
     rows, cols = _grid(len(curves))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
     centers = (edges[:-1] + edges[1:]) / 2
     width = edges[1:] - edges[:-1]
-    for ax, (title, t, ece) in zip(axes.ravel(), curves):
+    for ax, (title, t, ece_name, ece) in zip(axes.ravel(), curves):
         freq = np.asarray(t["observed_frequency"], dtype=float)
         conf = np.asarray(t["mean_probability"], dtype=float)
         ax.bar(centers, np.nan_to_num(freq), width=width, edgecolor="k", alpha=0.7, label="observed frequency")
@@ -42,7 +42,7 @@ def reliability_diagram(summary: dict, path: Path) -> None:
         ok = ~np.isnan(conf)
         ax.plot(conf[ok], freq[ok], "o-", color="C3", ms=3, label="mean p in bin")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency",
-               title=f"{title}\nECE = {ece:.4f}")
+               title=f"{title}\n{ece_name} (pooled) = {ece:.4f}")
         ax.legend(fontsize=7, loc="upper left")
     for ax in axes.ravel()[len(curves):]:
         ax.axis("off")

@@ -9,7 +9,7 @@ from nnunet_losses.evaluation.formatting import number
 from nnunet_losses.evaluation.outputs import write_csv, write_json
 
 SUMMARY_METRICS = ("Dice", "IoU", "soft_Dice", "precision", "recall", "V_ref", "V_pred", "dV", "abs_dV", "rel_dV",
-                   "dV_soft", "rel_dV_soft", "Brier", "ECE", "NLL")
+                   "dV_soft", "rel_dV_soft", "Brier", "one_vs_rest_ECE", "NLL")
 
 
 def per_case_rows(summary: dict) -> List[dict]:
@@ -81,7 +81,7 @@ def summary_markdown(summary: dict) -> str:
                      f"({e['n_empty_reference_and_prediction']} empty reference and prediction, "
                      f"{e['n_empty_reference']} empty reference); rel_dV NaN in {nc.get('rel_dV', 0)}")
     cal = summary["calibration"]
-    lines += ["", "## Calibration", "", "| | NLL | Brier | ECE | classwise ECE |", "|---|---|---|---|---|",
+    lines += ["", "## Calibration", "", "| | NLL | Brier | top-label ECE | classwise ECE |", "|---|---|---|---|---|",
               "| all voxels pooled | " + " | ".join(number(cal["pooled"][m]) for m in CALIBRATION_METRICS) + " |",
               "| mean over cases | " + " | ".join(number(cal["per_case"][m]["mean"]) for m in CALIBRATION_METRICS) + " |",
               "", f"{summary['settings']['n_bins']} equal-width bins; NLL clips p at {summary['settings']['eps']:.3g}.",

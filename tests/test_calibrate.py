@@ -62,7 +62,7 @@ def test_calibrate_recovers_the_temperature_and_improves_nll(tmp_path):
         assert 1.0 / m["maps"][0]["W"][0][0] == pytest.approx(1.0 / T_KNOWN, rel=0.08)
     assert r["scheme"] == "5 groups of cases (no folds)"
     assert r["overall"]["NLL"]["after"] < r["overall"]["NLL"]["before"] - 0.05
-    assert r["overall"]["ECE"]["after"] < r["overall"]["ECE"]["before"]
+    assert r["overall"]["top_label_ECE"]["after"] < r["overall"]["top_label_ECE"]["before"]
     # the calibrated npz are in a new folder, nnU-Net's are untouched; the after-evaluation is of those files
     assert {f.name: f.read_bytes() for f in pred.iterdir()} == before_files
     s = evaluate(out / "calibrated", reference_folder=gt, plots=False)

@@ -5,6 +5,8 @@ would be, so packaging them against the download must give back the download's o
 """
 from __future__ import annotations
 
+import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -155,3 +157,54 @@ def test_cli_convert_and_package(tmp_path, nnunet_dirs, capsys):
     assert "wrote 3 file(s)" in capsys.readouterr().out
     assert run(["package", "brats2018", preds, tmp_path / "sub", "--reference", rep.source]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+# ---- threshold -> package ------------------------------------------------------------------------------------------
+def as_probability_predictions(dataset: Path, folder: Path) -> Path:
+    """A dataset's labelsTr as what `nnUNetv2_predict --save_probabilities` writes: one-hot <case>.npz, the
+    <case>.pkl properties, dataset.json and plans.json."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    folder.mkdir()
+    dj = json.loads((dataset / "dataset.json").read_text())
+    n_labels = sum(1 for k in dj["labels"] if k != "ignore")
+    for f in sorted((dataset / "labelsTr").glob("*.nii.gz")):
+        seg, props = SimpleITKIO().read_seg(str(f))
+        shape = seg.shape[1:]
+        props.update(shape_before_cropping=list(shape), bbox_used_for_cropping=[[0, s] for s in shape],
+                     shape_after_cropping_and_before_resampling=list(shape))
+        case = f.name[:-len(".nii.gz")]
+        with open(folder / f"{case}.pkl", "wb") as fh:
+            pickle.dump(props, fh)
+        onehot = np.stack([seg[0] == v for v in range(n_labels)]).astype(np.float32)
+        np.savez_compressed(folder / f"{case}.npz", probabilities=onehot)
+    shutil.copy(dataset / "dataset.json", folder / "dataset.json")
+    (folder / "plans.json").write_text(json.dumps({"dataset_name": dataset.name, "image_reader_writer": "SimpleITKIO",
+                                                   "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2]}))
+    return folder
+
+
+def test_threshold_then_package_keeps_the_task(tmp_path, nnunet_dirs):
+    """`threshold` -> `package` is safe by construction: the thresholded folder carries the dataset.json, so the
+    label maps of a tumour-only KiTS model are packaged as tumour (label 2), never silently as the full task's
+    kidney (label 1)."""
+    from nnunet_losses.evaluation import export_thresholded
+    rep = R.make_kits19(tmp_path / "download")
+    pred = as_probability_predictions(convert("kits19", rep.source, binary="tumour"), tmp_path / "pred")
+    thr = tmp_path / "thresholded"
+    export_thresholded(pred, thr, thresholds=0.5)
+    assert json.loads((thr / "dataset.json").read_text())["nnunet_losses"]["variant"] == "tumour"
+    package("kits19", thr, tmp_path / "sub", reference=rep.source)
+    for c in rep.labels:
+        got, _ = sitk_read(tmp_path / "sub" / (c.replace("case", "prediction") + ".nii.gz"))
+        np.testing.assert_array_equal(got, np.where(rep.labels[c] == 2, 2, 0))
+    # without a dataset.json the task is never guessed ...
+    (thr / "dataset.json").unlink()
+    with pytest.raises(PackagingError, match="dataset.json is missing.*--variant"):
+        package("kits19", thr, tmp_path / "sub2", reference=rep.source)
+    # ... nor taken from a dataset.json that does not describe it
+    dj = json.loads((pred / "dataset.json").read_text())
+    dj.pop("nnunet_losses")
+    (thr / "dataset.json").write_text(json.dumps(dj))
+    with pytest.raises(PackagingError, match="declares 2 labels, task 'multiclass' has 3"):
+        package("kits19", thr, tmp_path / "sub3", reference=rep.source)
+    assert not (tmp_path / "sub2").exists() and not (tmp_path / "sub3").exists()

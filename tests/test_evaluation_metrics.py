@@ -110,7 +110,7 @@ def test_label_model_against_brute_force_and_sklearn(ignore):
         assert d["precision"] == pytest.approx(precision_score(yv == c, pred == c))
         assert d["recall"] == pytest.approx(recall_score(yv == c, pred == c))
         assert d["Brier"] == pytest.approx(brier_score_loss(yv == c, pv[c]), rel=1e-9, abs=1e-12)
-        assert d["ECE"] == pytest.approx(brute_ece(pv[c], yv == c, 15), abs=1e-12)
+        assert d["one_vs_rest_ECE"] == pytest.approx(brute_ece(pv[c], yv == c, 15), abs=1e-12)
         assert d["soft_Dice"] == pytest.approx(2 * pv[c][yv == c].sum() / (pv[c].sum() + (yv == c).sum()))
         assert d["V_ref"] == pytest.approx((yv == c).sum() * 0.5)
         assert d["V_pred"] == pytest.approx((pred == c).sum() * 0.5)
@@ -131,7 +131,7 @@ def test_label_model_against_brute_force_and_sklearn(ignore):
     onehot = np.stack([yv == c for c in range(3)]).astype(np.float64)
     assert cal["Brier"] == pytest.approx(np.mean((onehot - pv) ** 2), rel=1e-9)
     conf = pv.max(0)
-    assert cal["ECE"] == pytest.approx(brute_ece(conf, pred == yv, 15), abs=1e-12)
+    assert cal["top_label_ECE"] == pytest.approx(brute_ece(conf, pred == yv, 15), abs=1e-12)
     assert cal["classwise_ECE"] == pytest.approx(np.mean([brute_ece(pv[c], yv == c, 15) for c in range(3)]))
 
 
@@ -152,7 +152,7 @@ def test_region_model_against_brute_force_and_sklearn():
         y = rm.ravel()
         q = p[i].ravel().astype(np.float64)
         assert d["Brier"] == pytest.approx(brier_score_loss(y, q), rel=1e-9)
-        assert d["ECE"] == pytest.approx(brute_ece(q, y, 15), abs=1e-12)
+        assert d["one_vs_rest_ECE"] == pytest.approx(brute_ece(q, y, 15), abs=1e-12)
         eps = np.finfo(np.float32).eps
         nll = -np.mean(np.where(y, np.log(np.maximum(q, eps)), np.log(np.maximum(1 - q, eps))))
         assert d["NLL"] == pytest.approx(nll, rel=1e-6)
@@ -164,7 +164,11 @@ def test_region_model_against_brute_force_and_sklearn():
         nlls.append(nll)
         assert d["soft_Dice"] == pytest.approx(2 * q[y].sum() / (q.sum() + y.sum()))
     assert cal["NLL"] == pytest.approx(np.mean(nlls), rel=1e-6)
-    assert cal["ECE"] == pytest.approx(cal["classwise_ECE"])
+    # overlapping regions have no top label: no top-label ECE, the classwise one is the mean over regions
+    assert math.isnan(cal["top_label_ECE"])
+    assert cal["classwise_ECE"] == pytest.approx(np.mean([brute_ece(p[i].ravel().astype(np.float64),
+                                                                    region_or_label_to_mask(ref, r).ravel(), 15)
+                                                          for i, r in enumerate([(1, 2), (2,)])]), abs=1e-12)
 
 
 def test_sweep_counts_equal_exact_thresholding_voxel_for_voxel():
@@ -211,7 +215,7 @@ def test_exact_zero_and_one_land_in_first_and_last_bin():
     assert rel[0, 0] == np.sum(p[1] == 0) and rel[-1, 0] == np.sum(p[1] == 1)
     assert rel[1:-1, 0].sum() == 0
     m, cal = case_metrics(st, spec, 1.0)
-    assert m["1"]["ECE"] == pytest.approx(3 / p[1].size)
+    assert m["1"]["one_vs_rest_ECE"] == pytest.approx(3 / p[1].size)
     # the clipped log keeps NLL finite: 3 voxels with p_true = 0
     assert cal["NLL"] == pytest.approx(-3 * np.log(np.finfo(np.float32).eps) / p[1].size)
 
@@ -255,7 +259,7 @@ def test_all_voxels_ignored_gives_nan_calibration_not_crash():
     st = accumulate_case(p, ref, spec)
     m, cal = case_metrics(st, spec, 1.0)
     assert st.n_valid == 0 and st.n_ignored == 27
-    assert math.isnan(m["1"]["Dice"]) and math.isnan(cal["NLL"]) and math.isnan(cal["ECE"])
+    assert math.isnan(m["1"]["Dice"]) and math.isnan(cal["NLL"]) and math.isnan(cal["top_label_ECE"])
 
 
 def test_pooled_calibration_equals_brute_force_over_all_cases():
@@ -266,11 +270,11 @@ def test_pooled_calibration_equals_brute_force_over_all_cases():
     P = np.concatenate([p[:, r != 3] for p, r in cases], axis=1).astype(np.float64)
     Y = np.concatenate([r[r != 3] for _, r in cases]).astype(int)
     for c in range(3):
-        assert pooled["per_channel"][str(c)]["ECE"] == pytest.approx(brute_ece(P[c], Y == c, 15), abs=1e-12)
+        assert pooled["per_channel"][str(c)]["one_vs_rest_ECE"] == pytest.approx(brute_ece(P[c], Y == c, 15), abs=1e-12)
         assert pooled["per_channel"][str(c)]["Brier"] == pytest.approx(brier_score_loss(Y == c, P[c]), rel=1e-9)
         cnt = pooled["per_channel"][str(c)]["count"]
         assert sum(cnt) == Y.size
-    assert pooled["ECE"] == pytest.approx(brute_ece(P.max(0), P.argmax(0) == Y, 15), abs=1e-12)
+    assert pooled["top_label_ECE"] == pytest.approx(brute_ece(P.max(0), P.argmax(0) == Y, 15), abs=1e-12)
     eps = np.finfo(np.float32).eps
     assert pooled["NLL"] == pytest.approx(-np.mean(np.log(np.maximum(P[Y, np.arange(Y.size)], eps))), rel=1e-6)
 

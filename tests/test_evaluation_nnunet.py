@@ -268,14 +268,18 @@ def test_cli_end_to_end(nnunet_env, tmp_path, capsys):
     assert TINY in md and TINY_B in md and "B - A" in md and "| dV (ml) | 1 |" in md
     import csv
     rows = list(csv.DictReader(open(cmp_ / "comparison.csv")))
-    assert {r["metric"] for r in rows} >= {"Dice", "dV", "abs_dV", "Brier", "ECE", "NLL"}
+    assert {r["metric"] for r in rows} >= {"Dice", "dV", "abs_dV", "Brier", "one_vs_rest_ECE", "top_label_ECE",
+                                           "classwise_ECE", "NLL"}
     assert all(r["p_bootstrap_holm"] for r in rows)
     assert (cmp_ / "volume_error_per_trainer.png").is_file()
     assert sorted(p.name for p in sub.iterdir()) == sorted(
         [p.name for p in (nnunet_env.folder(("labels", 3)) / "fold_0" / "validation").glob("*.nii.gz")] +
-        ["thresholds.json"])
+        ["thresholds.json", "dataset.json"])
+    assert json.loads((sub / "dataset.json").read_text()) == json.loads(
+        (nnunet_env.folder(("labels", 3)) / "dataset.json").read_text())
     rows = list(csv.DictReader(open(a / "per_case.csv")))
-    assert len(rows) == 2 * 2 and {"dV", "soft_Dice", "case_NLL", "case_ECE"} <= set(rows[0])
+    assert len(rows) == 2 * 2
+    assert {"dV", "soft_Dice", "one_vs_rest_ECE", "case_NLL", "case_top_label_ECE"} <= set(rows[0])
 
 
 def test_prediction_folder_mode_and_parallel_workers(nnunet_env, tmp_path):

@@ -12,16 +12,18 @@ import argparse
 from nnunet_losses.cli.errors import UsageError
 from nnunet_losses.cli.options import COUNT, OPEN_UNIT, PROBABILITY, SEED
 from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
+from nnunet_losses.evaluation.formatting import number as _fmt
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED
 
 _INPUT_HELP = ("Input: a trainer folder (nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration; every "
                "fold_N/validation is read), one or more fold folders of one trainer, or a prediction folder of "
-               "nnUNetv2_predict --save_probabilities (then -ref is required).")
+               "nnUNetv2_predict --save_probabilities")
 
 
 def _add_input_args(p: argparse.ArgumentParser, references: bool) -> None:
     g = p.add_argument_group("input (either -i, or -d/-c/-tr/-p to locate the trainer folder in nnUNet_results)")
-    g.add_argument("-i", nargs="+", metavar="FOLDER", help=_INPUT_HELP)
+    g.add_argument("-i", nargs="+", metavar="FOLDER",
+                   help=_INPUT_HELP + (" (then -ref is required)." if references else "."))
     g.add_argument("-d", metavar="DATASET", help="dataset name or id (with -c): the trainer folder in nnUNet_results")
     g.add_argument("-c", metavar="CONFIGURATION", help="configuration, e.g. 3d_fullres (with -d)")
     g.add_argument("-tr", metavar="TRAINER", default="nnUNetTrainer", help="trainer class (with -d). Default: "
@@ -57,10 +59,6 @@ def _user_errors() -> tuple:
     return (EvaluationError,)
 
 
-def _fmt(v) -> str:
-    return "NaN" if v != v else f"{v:.4f}"
-
-
 def _cmd_evaluate(args) -> int:
     from nnunet_losses.evaluation.evaluate import evaluate
     s = evaluate(_inputs(args), args.o, reference_folder=args.ref, folds=args.f, dataset_json=args.djfile,
@@ -70,7 +68,8 @@ def _cmd_evaluate(args) -> int:
     cal = s["calibration"]["pooled"]
     print(f"{s['n_cases']} cases of {s['name']}: foreground mean Dice {_fmt(s['foreground_mean']['Dice'])}, "
           f"soft Dice {_fmt(s['foreground_mean']['soft_Dice'])}, dV {_fmt(s['foreground_mean']['dV'])} "
-          f"{s['volume_unit']}; NLL {_fmt(cal['NLL'])}, Brier {_fmt(cal['Brier'])}, ECE {_fmt(cal['ECE'])}")
+          f"{s['volume_unit']}; pooled NLL {_fmt(cal['NLL'])}, Brier {_fmt(cal['Brier'])}, top-label ECE "
+          f"{_fmt(cal['top_label_ECE'])}, classwise ECE {_fmt(cal['classwise_ECE'])}")
     for k, e in s["threshold_sweep"]["per_class"].items():
         print(f"  class {k}: Dice {_fmt(s['mean'][k]['Dice'])} (NaN in {s['nan_counts'][k]['Dice']} of "
               f"{s['n_cases']} cases), best T {e['best_threshold']} -> Dice {_fmt(e['best_Dice_mean'])}")
@@ -116,7 +115,8 @@ def _cmd_calibrate(args) -> int:
                   num_processes=args.np, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet)
     o = r["overall"]
     print(f"{r['n_cases']} cases, {args.method} scaling cross-fitted ({r['scheme']}): NLL {_fmt(o['NLL']['before'])}"
-          f" -> {_fmt(o['NLL']['after'])}, ECE {_fmt(o['ECE']['before'])} -> {_fmt(o['ECE']['after'])}; "
+          f" -> {_fmt(o['NLL']['after'])}, classwise ECE {_fmt(o['classwise_ECE']['before'])} -> "
+          f"{_fmt(o['classwise_ECE']['after'])}; "
           f"{100 * r['saturated_fraction']:.2f} % of the sampled voxels saturated")
     print(f"written to {r['output_folder']}")
     return 0
@@ -129,7 +129,8 @@ def add_subcommands(subparsers) -> None:
         help="volume bias, overlap, calibration, threshold sweep of one model's probabilities (npz)",
         description="Evaluate one model's saved probabilities (nnUNetv2_train ... --npz, or nnUNetv2_predict "
                     "--save_probabilities) against the reference segmentations: Dice/IoU/soft Dice, volumes and "
-                    "volume error (hard and soft, in ml), NLL/Brier/ECE and reliability diagrams, a threshold "
+                    "volume error (hard and soft, in ml), NLL, Brier, top-label/classwise/one-vs-rest ECE and "
+                    "reliability diagrams, a threshold "
                     "sweep with the best threshold per class, Dice per reference-size decile. Writes "
                     "summary.json (nnU-Net's schema, extended), per_case.csv, threshold_sweep.csv, "
                     "size_deciles.csv, reliability.csv, summary.md and PNG plots into -o. "
@@ -158,15 +159,16 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "compare",
         help="paired comparison of evaluated models (bootstrap CI/p, Wilcoxon, Holm; Table-1 style)",
-        description="Compare two or more models evaluated with `nnunet-losses evaluate` on the same cases: "
+        description="Compare two or more models of one dataset, evaluated with `nnunet-losses evaluate`, on the same cases: "
                     "per-model means with significant volume under-/over-estimation flagged, and for every pair "
                     "the mean difference with a bootstrap confidence interval and p-value and the Wilcoxon "
-                    "signed-rank p-value for Dice, soft Dice, dV, |dV|, NLL, Brier and ECE, Holm-corrected "
+                    "signed-rank p-value for Dice, soft Dice, dV, |dV|, NLL, Brier and the ECEs, Holm-corrected "
                     "across classes. Writes comparison.md, comparison.csv, volume_bias.csv, comparison.json and "
                     "volume_error_per_trainer.png into -o.")
     p.add_argument("-i", nargs="+", required=True, metavar="EVALUATION",
                    help="evaluation output folders (or their summary.json), two or more")
-    p.add_argument("-o", required=True, metavar="FOLDER", help="output folder")
+    p.add_argument("-o", required=True, metavar="FOLDER",
+                   help="output folder (not one of the evaluations, not inside nnU-Net's folders)")
     p.add_argument("--names", nargs="+", help="model names, one per input. Default: the names stored by evaluate")
     p.add_argument("--n_boot", type=COUNT, default=DEFAULT_N_BOOT, help="bootstrap resamples. Default: 10000")
     p.add_argument("--seed", type=SEED, default=DEFAULT_SEED, help="bootstrap seed. Default: 0")
@@ -184,14 +186,18 @@ def add_subcommands(subparsers) -> None:
         description="Turn saved probabilities into label maps with per-class thresholds and write them with the "
                     "dataset's reader/writer and each case's .pkl properties (spacing, origin, direction as "
                     "nnU-Net's own export). --nnunet reproduces nnU-Net's export voxel for voxel. Writes "
-                    "<case><file_ending> files and thresholds.json into -o.")
+                    "<case><file_ending> files, thresholds.json and the model's dataset.json (read by "
+                    "`nnunet-losses package`) into -o; with --overwrite, maps an earlier run wrote for cases no "
+                    "longer in the run are removed.")
     _add_input_args(p, references=False)
-    p.add_argument("-o", required=True, metavar="FOLDER", help="output folder (not inside nnU-Net's folders)")
+    p.add_argument("-o", required=True, metavar="FOLDER",
+                   help="output folder (not inside nnU-Net's folders nor the folders read)")
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("-t", type=PROBABILITY, nargs="+", metavar="T",
                       help="one threshold for all classes, or one per class in dataset.json order (p > T)")
     rule.add_argument("--best_from", metavar="EVALUATION",
-                      help="use the best threshold per class of this evaluation's sweep (folder or summary.json)")
+                      help="use the best threshold per class of this evaluation's sweep (folder or summary.json); "
+                           "it must be of the same dataset and model")
     rule.add_argument("--nnunet", action="store_true", help="nnU-Net's own rule (argmax / p > 0.5 for regions)")
     rule.add_argument("--rule", choices=("dice_optimal", "rankseg_rma", "volume_matched"),
                       help="a decision rule per class and case (docs/evaluation.md): Nordstrom's Dice-optimal "

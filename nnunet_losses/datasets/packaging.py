@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,9 @@ def _binary_as(value: int) -> Callable[[np.ndarray], np.ndarray]:
 class Challenge:
     key = ""
     pred_ending = ".nii.gz"
+    #: the challenge's case identifiers (a file of another dataset in the predictions folder is an error)
+    case_id = re.compile(".*")
+    case_example = ""
     tasks: Dict[str, Task] = {}
     default_task = ""
 
@@ -78,6 +82,8 @@ class Challenge:
 
 class BraTS2018(Challenge):
     key = "brats2018"
+    case_id = re.compile(r"^Brats18_[A-Za-z0-9_]+_\d+$")
+    case_example = "Brats18_CBICA_AAB_1"
     tasks = {"regions": Task((0, 1, 2, 3), _brats_back), "wt": Task((0, 1), _binary_as(2)),
              "tc": Task((0, 1), _binary_as(1)), "et": Task((0, 1), _binary_as(4))}
     default_task = "regions"
@@ -95,13 +101,13 @@ class BraTS2018(Challenge):
 
 class KiTS19(Challenge):
     key = "kits19"
+    case_id = re.compile(r"^case_\d{5}$")
+    case_example = "case_00210"
     tasks = {"multiclass": Task((0, 1, 2), lambda seg: seg.astype(np.uint8)), "kidney": Task((0, 1), _binary_as(1)),
              "tumour": Task((0, 1), _binary_as(2))}
     default_task = "multiclass"
 
     def out_name(self, case):
-        if not case.startswith("case_"):
-            raise ValueError(f"KiTS19 case IDs look like case_00210, got {case}")
         return case.replace("case", "prediction", 1) + ".nii.gz"
 
     def reference_candidates(self, ref, case):
@@ -110,6 +116,8 @@ class KiTS19(Challenge):
 
 class ISIC2018(Challenge):
     key = "isic2018"
+    case_id = re.compile(r"^ISIC_\d{7}$")
+    case_example = "ISIC_0000000"
     pred_ending = ".png"
     tasks = {"lesion": Task((0, 1), lambda seg: (seg > 0).astype(np.uint8) * np.uint8(255))}
     default_task = "lesion"
@@ -174,48 +182,52 @@ def _write(arr: np.ndarray, ref_geometry: dict, dst: Path) -> None:
         Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(dst)
 
 
-def _task_from_dataset_json(predictions: Path, challenge: str) -> Optional[str]:
+def _labels_of(dataset_json: dict) -> int:
+    """Number of label values an nnU-Net dataset.json declares (background included, the ignore label not)."""
+    return sum(1 for k in dataset_json.get("labels", {}) if k != "ignore")
+
+
+def _task(ch: Challenge, predictions: Path, variant: Optional[str]) -> Tuple[str, Task]:
+    """The task the predictions are for: from the ``nnunet_losses`` record of their dataset.json (written by
+    ``convert``, copied by nnU-Net and ``threshold``), else ``variant``; never a silent default -- a binary
+    tumour map packaged as the multi-class task would be scored as kidney."""
     meta_file = predictions / "dataset.json"
-    if not meta_file.is_file():
-        return None
-    meta = json.loads(meta_file.read_text()).get("nnunet_losses")
-    if not meta:
-        return None
-    if meta.get("dataset") != challenge:
-        raise PackagingError(challenge, [f"{meta_file} says these are predictions for {meta.get('dataset')!r}"])
-    return meta.get("variant")
-
-
-def package(challenge: str, predictions, output, reference, variant: Optional[str] = None) -> List[Path]:
-    """Package the predictions in ``predictions`` for ``challenge`` into ``output``; return the written files."""
-    if challenge not in CHALLENGES:
-        raise KeyError(f"unknown challenge {challenge!r}; available: {', '.join(CHALLENGES)}")
-    ch = CHALLENGES[challenge]()
-    predictions, output, reference = Path(predictions), Path(output), Path(reference)
-    for what, folder in (("predictions", predictions), ("reference", reference)):
-        if not folder.is_dir():
-            raise PackagingError(challenge, [f"{what} folder {folder} does not exist"])
-    detected = _task_from_dataset_json(predictions, challenge)
+    dataset_json = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    meta = (dataset_json or {}).get("nnunet_losses") or {}
+    if meta and meta.get("dataset") != ch.key:
+        raise PackagingError(ch.key, [f"{meta_file} says these are predictions for {meta.get('dataset')!r}"])
+    detected = meta.get("variant")
     if variant is not None and detected is not None and variant != detected:
-        raise PackagingError(challenge, [f"--variant {variant} but {predictions}/dataset.json says {detected}"])
-    task_name = variant or detected or ch.default_task
-    if task_name not in ch.tasks:
-        raise PackagingError(challenge, [f"unknown task {task_name!r}; {challenge} has {sorted(ch.tasks)}"])
-    task = ch.tasks[task_name]
+        raise PackagingError(ch.key, [f"--variant {variant} but {meta_file} says {detected}"])
+    name = variant or detected
+    if name is None and dataset_json is None:
+        raise PackagingError(ch.key, [f"{meta_file} is missing, so the task of these predictions is unknown "
+                                      f"(nnU-Net and `nnunet-losses threshold` write one); name it with --variant "
+                                      f"({', '.join(sorted(ch.tasks))})"])
+    name = name or ch.default_task
+    if name not in ch.tasks:
+        raise PackagingError(ch.key, [f"unknown task {name!r}; {ch.key} has {sorted(ch.tasks)}"])
+    task = ch.tasks[name]
+    if dataset_json is not None and _labels_of(dataset_json) != len(task.inputs):
+        raise PackagingError(ch.key, [f"{meta_file} declares {_labels_of(dataset_json)} labels, task {name!r} has "
+                                      f"{len(task.inputs)} ({list(task.inputs)}); name the task with --variant"])
+    return name, task
 
+
+def _plan(ch: Challenge, predictions: Path, output: Path, reference: Path):
+    """``([(prediction, reference geometry, output file)], problems)``: names, references and geometry checked."""
     preds = sorted(p for p in predictions.iterdir() if p.is_file() and p.name.endswith(ch.pred_ending)
                    and not p.name.startswith("."))
     if not preds:
-        raise PackagingError(challenge, [f"no *{ch.pred_ending} predictions in {predictions}"])
+        return [], [f"no *{ch.pred_ending} predictions in {predictions}"]
     problems: List[str] = []
     plan = []
     for p in preds:
         case = p.name[: -len(ch.pred_ending)]
-        try:
-            out = output / ch.out_name(case)
-        except ValueError as e:
-            problems.append(f"{p.name}: {e}")
+        if not ch.case_id.match(case):
+            problems.append(f"{p.name}: {ch.key} case IDs look like {ch.case_example}, got {case}")
             continue
+        out = output / ch.out_name(case)
         if out.exists():
             problems.append(f"{out} exists; refusing to overwrite it")
         candidates = ch.reference_candidates(reference, case)
@@ -230,29 +242,47 @@ def package(challenge: str, predictions, output, reference, variant: Optional[st
         plan.append((p, ref_geometry, out))
     if len({o for _, _, o in plan}) != len(plan):
         problems.append("several predictions map to the same output name")
-    if problems:
-        raise PackagingError(challenge, problems)
+    return plan, problems
 
+
+def _write_all(ch: Challenge, task_name: str, task: Task, plan, output: Path) -> List[Path]:
+    """Convert every planned file into a scratch folder, then move them into place (all or nothing)."""
     output.mkdir(parents=True, exist_ok=True)
     scratch = output / f".package-{os.getpid()}"
     scratch.mkdir()
+    problems: List[str] = []
     try:
         for p, ref_geometry, out in plan:
             seg = _read_labels(p)
-            found = np.unique(seg).tolist()
-            bad = [v for v in found if v not in task.inputs]
+            bad = [v for v in np.unique(seg).tolist() if v not in task.inputs]
             if bad:
                 problems.append(f"{p.name}: label value(s) {bad}; task {task_name!r} predictions have {task.inputs}")
                 continue
             _write(task.to_challenge(seg), ref_geometry, scratch / out.name)
         if problems:
-            raise PackagingError(challenge, problems)
+            raise PackagingError(ch.key, problems)
         written = []
         for _, _, out in plan:
             if out.exists():
-                raise PackagingError(challenge, [f"{out} appeared while packaging; refusing to overwrite it"])
+                raise PackagingError(ch.key, [f"{out} appeared while packaging; refusing to overwrite it"])
             (scratch / out.name).rename(out)
             written.append(out)
         return written
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def package(challenge: str, predictions, output, reference, variant: Optional[str] = None) -> List[Path]:
+    """Package the predictions in ``predictions`` for ``challenge`` into ``output``; return the written files."""
+    if challenge not in CHALLENGES:
+        raise KeyError(f"unknown challenge {challenge!r}; available: {', '.join(CHALLENGES)}")
+    ch = CHALLENGES[challenge]()
+    predictions, output, reference = Path(predictions), Path(output), Path(reference)
+    for what, folder in (("predictions", predictions), ("reference", reference)):
+        if not folder.is_dir():
+            raise PackagingError(challenge, [f"{what} folder {folder} does not exist"])
+    task_name, task = _task(ch, predictions, variant)
+    plan, problems = _plan(ch, predictions, output, reference)
+    if problems:
+        raise PackagingError(challenge, problems)
+    return _write_all(ch, task_name, task, plan, output)
