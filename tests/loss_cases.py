@@ -32,6 +32,19 @@ def n_outputs(region: bool) -> int:
     return N_REGIONS if region else N_CLASSES
 
 
+def with_do_bg(modes):
+    """``(*mode, do_bg)`` for each mode whose first item is ``region``: both ``do_bg`` values for label maps, only
+    ``False`` for region maps -- they have no background channel, so ``do_bg=True`` would repeat the same case
+    (test_robustness.py::test_region_maps_ignore_do_bg_and_only_present checks that it changes nothing)."""
+    return [(*mode, do_bg) for mode in modes for do_bg in ((False,) if mode[0] else (False, True))]
+
+
+def mode_id(mode) -> str:
+    """Test id of ``(region, channels, spatial, do_bg)``."""
+    region, n_ch, spatial, do_bg = mode
+    return f"{'region' if region else 'label'}{n_ch}-{len(spatial)}d-{'bg' if do_bg else 'nobg'}"
+
+
 def make_loss(name: str, region: bool, **kwargs):
     """``get_loss(name, region_based=region, **kwargs)`` with valid class priors for wce."""
     if name == "wce" and "class_priors" not in kwargs:

@@ -17,7 +17,7 @@ import torch
 from nnunet_losses import functional as Fn
 
 import reference_impl as ref
-from loss_cases import lib_loss
+from loss_cases import lib_loss, mode_id, with_do_bg
 
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -57,10 +57,12 @@ def case_id(case):
     return name + ("" if not kw else "-" + "-".join(f"{k}={v}" for k, v in kw.items()))
 
 
+SHAPES_BG = with_do_bg(SHAPES)
+
+
 @pytest.mark.parametrize("with_ignore", [False, True], ids=["all", "ignore"])
-@pytest.mark.parametrize("do_bg", [False, True], ids=["nobg", "bg"])
 @pytest.mark.parametrize("batch_dice", [False, True], ids=["sample", "batch"])
-@pytest.mark.parametrize("region,n_ch,spatial", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("region,n_ch,spatial,do_bg", SHAPES_BG, ids=[mode_id(m) for m in SHAPES_BG])
 @pytest.mark.parametrize("case", OVERLAP_CASES, ids=[case_id(c) for c in OVERLAP_CASES])
 def test_overlap_and_compound_losses_match_reference(case, region, n_ch, spatial, batch_dice, do_bg, with_ignore):
     name, kwargs = case
@@ -151,9 +153,13 @@ IDENTITIES = [
 ]
 
 
+IDENTITY_MODES_BG = [(m, bg) for m in IDENTITY_MODES for bg in ((False,) if m[0] else (False, True))]
+
+
 @pytest.mark.parametrize("batch_dice", [False, True], ids=["sample", "batch"])
-@pytest.mark.parametrize("do_bg", [False, True], ids=["nobg", "bg"])
-@pytest.mark.parametrize("mode", IDENTITY_MODES, ids=IDENTITY_IDS)
+@pytest.mark.parametrize("mode,do_bg", IDENTITY_MODES_BG,  # region maps: do_bg cannot matter (see with_do_bg)
+                         ids=[f"{IDENTITY_IDS[IDENTITY_MODES.index(m)]}-{'bg' if bg else 'nobg'}"
+                              for m, bg in IDENTITY_MODES_BG])
 @pytest.mark.parametrize("identity", IDENTITIES,
                          ids=[f"{a}{ka}={b}{kb}".replace(" ", "") for a, ka, b, kb in IDENTITIES])
 def test_overlap_identities_values_and_gradients(identity, mode, do_bg, batch_dice):

@@ -275,3 +275,24 @@ def test_safe_pow_value_and_derivative_as_documented(exponent):
         assert x.grad.item() == pytest.approx(derivative, rel=1e-12, abs=0), x0
     x = torch.tensor([3e-9, 7e-9, 3e-8, 0.2, 0.9], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: safe_pow(t, exponent), (x,), eps=1e-10, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# options that cannot matter (the reference tests do not repeat these cases; see loss_cases.with_do_bg)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in ALL_LOSSES if "do_bg" in loss_arguments(n)])
+def test_region_maps_ignore_do_bg_and_only_present(name):
+    """Region maps have no background channel (and Lovász-hinge has no 'present classes'): ``do_bg`` and
+    ``only_present`` change neither value nor gradient in region mode, per sample and batch, with ignore."""
+    ignore = torch.zeros((2, 1, *SPATIAL[3]), dtype=torch.bool)
+    ignore[:, :, 0] = True
+    logits, target = random_case(True, 3, ignore=ignore, seed=9)
+    options = [{"do_bg": bg} for bg in (False, True)]
+    if "only_present" in loss_arguments(name):
+        options += [{"do_bg": True, "only_present": False}]
+    for batch_dice in (False, True):
+        results = [value_and_grad(build(name, True, batch_dice, ignore_label=IGNORE, **opt), logits, target)
+                   for opt in options]
+        for value, grad in results[1:]:
+            assert value.item() == results[0][0].item()
+            assert torch.equal(grad, results[0][1])
