@@ -72,10 +72,6 @@ def loss_spec(name: str) -> LossSpec:
     return LOSSES[name.lower()]
 
 
-def loss_class(name: str) -> Type[SegmentationLoss]:
-    return loss_spec(name).cls
-
-
 def loss_arguments(name: str) -> Dict[str, object]:
     """Keyword arguments of loss ``name`` with its defaults (``inspect.Parameter.empty`` if required)."""
     spec = loss_spec(name)

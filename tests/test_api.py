@@ -141,6 +141,7 @@ INVALID = [
     ("dscpp", {"gamma": 0}, "gamma"), ("dscpp", {"gamma": -2}, "gamma"), ("dscpp", {"gamma": float("inf")}, "gamma"),
     ("focal_tversky", {"gamma": 0}, "gamma"), ("focal", {"gamma": -1}, "gamma"),
     ("unified_focal", {"gamma": 1}, "gamma"), ("unified_focal", {"gamma": -0.1}, "gamma"),
+    ("metric_tversky", {"alpha": 0, "beta": 0}, "alpha and beta"),
     ("tversky_pp", {"gamma_pp": 0}, "gamma_pp"), ("combo_pp", {"gamma_pp": -1}, "gamma_pp"),
     ("unified_focal", {"lambda_": 2}, "lambda_"), ("unified_focal_pp", {"lambda_": -0.5}, "lambda_"),
     ("unified_focal", {"delta": 1.5}, "delta"), ("unified_focal_pp", {"delta": -1}, "delta"),

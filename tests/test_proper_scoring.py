@@ -89,15 +89,17 @@ METRIC_MODES = [(False, 3, (3, 4), False), (False, 3, (2, 3, 2), True), (True, 2
                 (True, 2, (2, 3, 2), True)]
 
 
+METRIC_MODES_BG = [(m, bg) for m in METRIC_MODES for bg in ((False,) if m[0] else (False, True))]  # see with_do_bg
+
+
 @pytest.mark.parametrize("batch_dice", [False, True], ids=["sample", "batch"])
-@pytest.mark.parametrize("do_bg", [False, True], ids=["nobg", "bg"])
-@pytest.mark.parametrize("mode", METRIC_MODES, ids=["label-2d", "label-3d-ignore", "region-2d", "region-3d-ignore"])
+@pytest.mark.parametrize("mode,do_bg", METRIC_MODES_BG,
+                         ids=[f"{'region' if m[0] else 'label'}-{len(m[2])}d{'-ignore' if m[3] else ''}-"
+                              f"{'bg' if bg else 'nobg'}" for m, bg in METRIC_MODES_BG])
 @pytest.mark.parametrize("name,kw", [("dml", {}), ("jml", {"smooth": 0.5}), ("metric_tversky", {"alpha": 0.8,
                                                                                               "beta": 0.2})])
 def test_metric_losses_on_soft_targets_match_reference(name, kw, mode, do_bg, batch_dice):
     region, n_ch, spatial, with_ignore = mode
-    if region and do_bg:
-        pytest.skip("do_bg has no effect on region maps (no background channel)")
     logits, target, ignore = soft_case(region, n_ch, spatial, with_ignore, ref.seed_of("metric", name, mode))
     kw = dict(kw, batch_dice=batch_dice, do_bg=do_bg)
     x = torch.tensor(logits, requires_grad=True)
