@@ -19,7 +19,11 @@ with realistic probability maps: smooth logits inside a crop box, exact one-hot 
 * **evaluate**: ``nnunet_losses.evaluation.evaluate(folder, reference_folder=...)`` without writing files: reading
   the npz and the references (dataset reader/writer), every statistic, the summary -- with ``num_processes=1``
   (a background thread inflates each npz while the reduction walks through the part already there) and with
-  ``-np`` worker processes.
+  ``-np`` worker processes;
+* **evaluate w/o decision rules**: the same with the voxel decision rules' cuts switched off -- the evaluation
+  before they were added; the ratio is their cost;
+* **calibration fit**: the voxel samples ``calibrate`` takes from every case (4000 per reference label), then
+  temperature, vector and Dirichlet scaling fitted cross-fitted on 5 folds (round robin) plus the final map.
 
 Every repetition runs each variant once in a rotating order (the machine may be shared); the medians are
 reported. **Peak memory** is measured in a fresh process with ``tracemalloc`` (numpy registers its buffers with
@@ -107,6 +111,44 @@ def run_eval(pred: Path, gt: Path, nproc: int):
     evaluate(pred, reference_folder=gt, num_processes=nproc, plots=False)
 
 
+def run_eval_without_rules(pred: Path, gt: Path):
+    """``evaluate`` as it was before the voxel decision rules (their cuts replaced by nothing): the baseline the
+    rules' cost is measured against (the Poisson-binomial volume and threshold rules cost no voxel work)."""
+    import importlib
+    ev = importlib.import_module("nnunet_losses.evaluation.evaluate")  # the module (the package exports a function)
+    real = ev.case_cuts
+    ev.case_cuts = lambda p, ref, spec, hists=None: {k: {} for k in spec.keys}
+    try:
+        run_eval(pred, gt, 1)
+    finally:
+        ev.case_cuts = real
+
+
+def calibration_fit_times(pred: Path, gt: Path, n_folds: int = 5) -> list:
+    """Seconds to fit each calibration method cross-fitted on ``n_folds`` folds (round robin) plus the final map,
+    from the voxel samples ``calibrate`` takes (default 4000 per reference label and case)."""
+    import SimpleITK as sitk
+    from nnunet_losses.evaluation.calibrate import DEFAULT_PER_LABEL, CaseSampler, fit_crossfitted
+    from nnunet_losses.evaluation.calibration import METHODS, VoxelSamples, fit_calibration
+    from nnunet_losses.evaluation.cases import CaseFiles
+    from nnunet_losses.evaluation.spec import TaskSpec
+    dj = json.loads((pred / "dataset.json").read_text())
+    spec = TaskSpec.from_dataset_json(dj)
+    sampler = CaseSampler(spec, DEFAULT_PER_LABEL, 0)
+    samples = []
+    for f in sorted(pred.glob("*.npz")):
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(gt / f"{f.stem}.nii.gz")))
+        samples.append(sampler(CaseFiles(f.stem, None, f, None), np.load(f)["probabilities"], ref)["samples"])
+    groups = [list(range(g, len(samples), n_folds)) for g in range(min(n_folds, len(samples)))]
+    rows = []
+    for method in METHODS:
+        t = time.perf_counter()
+        fit_crossfitted(method, samples, groups, spec)
+        fit_calibration(method, VoxelSamples.concat(samples), spec)
+        rows.append((method, time.perf_counter() - t, sum(len(s.labels) for s in samples)))
+    return rows
+
+
 def memory_child(pred: str, gt: str) -> None:
     import tracemalloc
     from nnunet_losses.evaluation import evaluate
@@ -142,6 +184,7 @@ def main(argv=None):
         variants = {"bare np.load": lambda: bare_load(pred),
                     f"our npz reader ({inflater})": lambda: own_reader(pred),
                     "evaluate (1 process)": lambda: run_eval(pred, gt, 1),
+                    "evaluate w/o decision rules": lambda: run_eval_without_rules(pred, gt),
                     f"evaluate ({args.np} processes)": lambda: run_eval(pred, gt, args.np)}
         run_eval(pred, gt, 1)  # warm-up (page cache, imports)
         times = {k: [] for k in variants}
@@ -160,6 +203,7 @@ def main(argv=None):
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(pred), str(gt)], capture_output=True,
                              text=True, check=True)
         peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+        fits = calibration_fit_times(pred, gt)
     print(f"# bench_evaluation: {args.cases} cases, probabilities {args.classes} x {' x '.join(map(str, args.shape))} "
           f"float32 ({case_bytes / 2**20:.1f} MiB each, {disk / args.cases / 2**20:.1f} MiB compressed on disk)")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
@@ -173,6 +217,13 @@ def main(argv=None):
           "machine's load); wall includes overlap of reading and reducing")
     print(f"peak traced memory of evaluate (1 process): {peak / 2**20:.1f} MiB = {peak / case_bytes:.2f} x one case's "
           f"probability array")
+    print(f"decision rules (dice_optimal, rankseg_rma, volume_matched): evaluate takes "
+          f"{med['evaluate (1 process)'] / med['evaluate w/o decision rules']:.2f} x the wall time (CPU "
+          f"{med_cpu['evaluate (1 process)'] / med_cpu['evaluate w/o decision rules']:.2f} x) of evaluate without them "
+          f"(target <= 1.5)")
+    for method, sec, n in fits:
+        print(f"calibration fit, {method:11s}: {sec:6.2f} s for 5 cross-fitted folds + the final map "
+              f"({n} sampled voxels)")
 
 
 if __name__ == "__main__":
