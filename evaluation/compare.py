@@ -26,12 +26,15 @@ from nnunet_losses.evaluation.formatting import number, p_value
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED, holm, one_sample, paired
 
 CLASS_METRICS = ("Dice", "soft_Dice", "dV", "abs_dV", "dV_soft", "abs_dV_soft", "NLL", "Brier", "one_vs_rest_ECE")
+#: the decision rules' Dice (evaluation/decision_summary.py), compared like the metrics: ``Dice[rule]``
+RULE_METRICS = ("Dice[best_T_crossfit]", "Dice[dice_optimal]", "Dice[rankseg_rma]", "Dice[volume_matched]",
+                "abs_dV[volume_matched]")
 CASE_METRICS = ("NLL", "Brier", "top_label_ECE", "classwise_ECE")
 BIAS_METRICS = ("dV", "dV_soft")
 #: which direction is better, for the "better" column (None: no order, e.g. signed volume error)
 HIGHER_IS_BETTER = {"Dice": True, "soft_Dice": True, "abs_dV": False, "abs_dV_soft": False, "NLL": False,
                     "Brier": False, "one_vs_rest_ECE": False, "top_label_ECE": False, "classwise_ECE": False,
-                    "dV": None, "dV_soft": None}
+                    "dV": None, "dV_soft": None, **{m: not m.startswith("abs_dV") for m in RULE_METRICS}}
 OUTPUT_FILES = ("comparison.csv", "comparison.md", "comparison.json", "volume_bias.csv")
 PLOT_FILES = ("volume_error_per_trainer.png",)
 
@@ -64,6 +67,9 @@ class _Table:
         """``metric`` of class ``key`` per case, or the case-level calibration ``metric`` when ``key`` is None."""
         if key is None:
             return np.array([r["calibration"][metric] for r in self.rows], dtype=np.float64)
+        if metric.endswith("]"):  # a decision rule's metric, "Dice[dice_optimal]"
+            field, rule = metric[:-1].split("[")
+            return np.array([r["decisions"][key][rule][field] for r in self.rows], dtype=np.float64)
         return np.array([r["metrics"][key][metric] for r in self.rows], dtype=np.float64)
 
 
@@ -199,6 +205,8 @@ def compare(evaluations: Sequence, output_folder=None, *, names: Optional[Sequen
     regions = sums[0].get("task", {}).get("type") == "regions"
     # label models have no per-class NLL (theirs is categorical, per case), region models no top label
     class_metrics = [m for m in CLASS_METRICS if m != "NLL" or regions]
+    if all("decisions" in s["metric_per_case"][0] for s in sums):  # evaluations made before the rules have none
+        class_metrics += list(RULE_METRICS)
     case_metrics = [m for m in CASE_METRICS if m != "top_label_ECE" or not regions]
     result = {"models": names, "sources": [s.get("_path") for s in sums], "classes": keys, "volume_unit": unit,
               "n_cases": len(common), "cases": common, "alpha": alpha, "n_boot": n_boot, "seed": seed,
@@ -236,7 +244,7 @@ def comparison_markdown(result: dict) -> str:
     bias = {(r["model"], r["metric"], r["class"]): r for r in result["volume_bias"]}
     metrics = sorted({r["metric"] for r in result["model_means"]}, key=lambda m: (
         ["Dice", "soft_Dice", "NLL", "Brier", "one_vs_rest_ECE", "top_label_ECE", "classwise_ECE", "dV", "dV_soft",
-         "abs_dV", "abs_dV_soft"].index(m)))
+         "abs_dV", "abs_dV_soft", *RULE_METRICS].index(m)))
     lines = [f"# Comparison of {', '.join(names)}", "",
              f"{result['n_cases']} cases common to all models; volumes in {unit}; means over cases (NaN cases left "
              f"out, counts in comparison.json). Significant volumetric *underestimation in italic* and "

@@ -109,3 +109,21 @@ def test_single_fold_or_prediction_folder_is_leave_one_case_out():
     assert scheme == "leave one case out" and groups == [[0], [1], [2]]
     groups, scheme = crossfit_groups(["0", "0"])
     assert scheme == "leave one case out"
+
+
+def test_compare_pairs_the_decision_rules_dice(tmp_path):
+    """compare shows Dice[rule] per model: the per-case values it pairs are those of each evaluation."""
+    from nnunet_losses.evaluation import compare
+    pred, gt = make_prediction_folder(tmp_path / "m1", dim=3, regions=False, n_cases=4)
+    pred2, gt2 = make_prediction_folder(tmp_path / "m2", dim=3, regions=False, n_cases=4)  # same arrays, seed 0
+    a = evaluate(pred, tmp_path / "a", reference_folder=gt, plots=False, name="A")
+    b = evaluate(pred2, tmp_path / "b", reference_folder=gt2, plots=False, name="B", fixed_threshold=0.3)
+    r = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "ab", n_boot=200, plots=False)
+    row = next(x for x in r["model_means"] if x["model"] == "A" and x["metric"] == "Dice[dice_optimal]"
+               and x["class"] == "1")
+    assert row["mean"] == pytest.approx(np.nanmean([c["decisions"]["1"]["dice_optimal"]["Dice"]
+                                                    for c in a["metric_per_case"]]))
+    pair = next(x for x in r["paired"] if x["metric"] == "Dice[volume_matched]" and x["class"] == "2")
+    assert pair["mean_diff"] == pytest.approx(0.0)  # equal probabilities: equal rule masks
+    assert "Dice[dice_optimal]" in (tmp_path / "ab" / "comparison.md").read_text()
+    assert b["decisions"]["fixed_threshold"] == 0.3
