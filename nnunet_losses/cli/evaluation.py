@@ -122,8 +122,7 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
-def add_subcommands(subparsers) -> None:
-    # ---------------------------------------------------------------------------------------------- evaluate
+def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="volume bias, overlap, calibration, threshold sweep of one model's probabilities (npz)",
@@ -155,7 +154,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate, user_errors=_user_errors())
 
-    # ---------------------------------------------------------------------------------------------- compare
+
+def _add_compare(subparsers) -> None:
     p = subparsers.add_parser(
         "compare",
         help="paired comparison of evaluated models (bootstrap CI/p, Wilcoxon, Holm; Table-1 style)",
@@ -179,7 +179,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plot")
     p.set_defaults(func=_cmd_compare, user_errors=_user_errors())
 
-    # ---------------------------------------------------------------------------------------------- threshold
+
+def _add_threshold(subparsers) -> None:
     p = subparsers.add_parser(
         "threshold",
         help="write thresholded label maps in the original geometry (challenge submission)",
@@ -207,7 +208,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_threshold, user_errors=_user_errors())
 
-    # ---------------------------------------------------------------------------------------------- calibrate
+
+def _add_calibrate(subparsers) -> None:
     p = subparsers.add_parser(
         "calibrate",
         help="cross-fitted post-hoc calibration (temperature / vector / Dirichlet) of saved probabilities",
@@ -230,3 +232,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate, user_errors=_user_errors())
+
+
+def add_subcommands(subparsers) -> None:
+    for add in (_add_evaluate, _add_compare, _add_threshold, _add_calibrate):
+        add(subparsers)

@@ -68,8 +68,9 @@ class UnifiedFocalLoss(OverlapLoss):
 
     .. math:: L_{UF} = \lambda L_{aF} + (1-\lambda) L_{aFT}
 
-    **lambda convention**: as in the paper's Eq. 18, ``lambda_`` weights the (asymmetric) *focal* term. The
-    authors' code and MONAI's port apply it to the Focal Tversky term instead; with the default 0.5 both agree.
+    **lambda convention**: as in the paper's Eq. 18 and MONAI's ``AsymmetricUnifiedFocalLoss``, ``lambda_`` weights
+    the (asymmetric) *focal* term. The authors' code applies it to the Focal Tversky term instead; with the default
+    0.5 both agree.
 
     * :math:`L_{aF}` (Eq. 19), averaged over valid voxels: background voxels
       :math:`-(1-\delta)(1-p_{bg})^\gamma \log p_{bg}`, foreground (rare) voxels :math:`-\delta \log p_{c}` --
