@@ -24,6 +24,10 @@ class LovaszLoss(SegmentationLoss):
     Equal errors are taken in voxel order (a stable sort, :func:`~nnunet_losses.functional.sort_order_descending`):
     the value does not depend on how ties are ordered, the (sub)gradient does, and this makes it deterministic
     and the same on every device and path.
+
+    Soft targets: the foreground indicator in Berman's cumulative counts is replaced by the soft ``y`` (fractional
+    intersection and union counts; the hinge's sign ``2y - 1`` becomes fractional). This is an extension, not
+    Berman et al.'s loss, and it is not minimised at ``p = y`` (README loss table; tests/test_proper_scoring.py).
     """
 
     def __init__(self, *, batch_dice: bool = False, do_bg: bool = False, only_present: bool = True,
