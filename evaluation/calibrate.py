@@ -46,7 +46,7 @@ class CaseSampler:
     def __init__(self, spec, per_label: int, seed: int):
         self.spec, self.per_label, self.seed = spec, per_label, seed
 
-    def __call__(self, case: CaseFiles, probabilities, reference) -> dict:
+    def __call__(self, case: CaseFiles, probabilities, reference, stats=None, spacing=None) -> dict:
         rng = np.random.default_rng([self.seed, zlib.crc32(case.name.encode())])
         return {"samples": sample_case(probabilities, reference, self.spec, self.per_label, rng)}
 

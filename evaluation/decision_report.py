@@ -9,8 +9,8 @@ import numpy as np
 
 from nnunet_losses.evaluation.decision_summary import RULES
 
-DECISION_FILES = ("decisions.csv", "volume.csv")
-DECISION_PLOTS = ("bland_altman.png", "dice_per_decision_rule.png")
+DECISION_FILES = ("decisions.csv", "volume.csv", "bands.csv")
+DECISION_PLOTS = ("bland_altman.png", "dice_per_decision_rule.png", "distance_bands.png")
 
 
 def _name(summary: dict, key: str) -> str:
@@ -38,6 +38,14 @@ def volume_rows(summary: dict) -> List[dict]:
     return rows
 
 
+def band_rows(summary: dict) -> List[dict]:
+    rows = []
+    for key, bands in summary.get("bands", {}).get("per_class", {}).items():
+        for band, e in bands.items():
+            rows.append({"class": key, "band": band, **e, "volume_unit": summary["volume_unit"]})
+    return rows
+
+
 def decision_markdown(summary: dict, fmt) -> str:
     d, vol, unit = summary["decisions"], summary["volume"], summary["volume_unit"]
     lines = ["", "## Decision rules (mean over cases, one-vs-rest per class)", "",
@@ -60,6 +68,12 @@ def decision_markdown(summary: dict, fmt) -> str:
                      f"{fmt(s['bias'])} | [{fmt(s['loa_low'])}, {fmt(s['loa_high'])}] | {fmt(h['bias'])} | "
                      f"[{fmt(h['loa_low'])}, {fmt(h['loa_high'])}] |")
     lines += ["", "A calibrated model covers 95% of the reference volumes; far less means over-confident maps."]
+    if "bands" in summary:
+        lines += ["", "## Distance bands from the reference surface (mean per case; ECE of all the band's voxels)", "",
+                  f"| class | band | voxels | FP volume ({unit}) | FN volume ({unit}) | ECE |", "|---|---|---|---|---|---|"]
+        for r in band_rows(summary):
+            lines.append(f"| {r['class']} | {r['band']} mm | {r['n_voxels']} | {fmt(r['FP_volume_mean'])} | "
+                         f"{fmt(r['FN_volume_mean'])} | {fmt(r['ECE_pooled'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,10 +127,38 @@ def dice_per_rule_plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def distance_bands_plot(summary: dict, path: Path) -> None:
+    """One panel per class: mean FP and FN volume per case in each band, inside to outside."""
+    from nnunet_losses.evaluation.plots import _grid, _plt
+    plt = _plt()
+    per = summary["bands"]["per_class"]
+    keys = list(per)
+    rows, cols = _grid(max(len(keys), 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        names = list(per[key])
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [per[key][b]["FN_volume_mean"] for b in names], 0.4, label="FN volume")
+        ax.bar(x + 0.2, [per[key][b]["FP_volume_mean"] for b in names], 0.4, label="FP volume")
+        ax.set_xticks(x, [f"{b} mm" for b in names], rotation=40, ha="right", fontsize=7)
+        ax.set(ylabel=f"mean volume per case ({summary['volume_unit']})", title=_name(summary, key))
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"Errors by distance from the reference surface, {summary['name']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_decisions(summary: dict, folder: Path, plots: bool) -> None:
     from nnunet_losses.evaluation.outputs import write_csv
     write_csv(decision_rows(summary), Path(folder) / "decisions.csv")
     write_csv(volume_rows(summary), Path(folder) / "volume.csv")
+    if "bands" in summary:
+        write_csv(band_rows(summary), Path(folder) / "bands.csv")
     if plots:
         bland_altman_plot(summary, Path(folder) / "bland_altman.png")
         dice_per_rule_plot(summary, Path(folder) / "dice_per_decision_rule.png")
+        if "bands" in summary:
+            distance_bands_plot(summary, Path(folder) / "distance_bands.png")

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS, BinGrid, CaseStats, accumulate_case
+from nnunet_losses.evaluation.bands import CaseBands, bands_summary, case_band_table
 from nnunet_losses.evaluation.decision_report import DECISION_FILES, DECISION_PLOTS
 from nnunet_losses.evaluation.decision_summary import decisions_for_cases
 from nnunet_losses.evaluation.decisions import case_cuts, fine_histograms
@@ -58,15 +59,15 @@ def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, rea
     ref, ref_props = load_reference(case.reference, reader_writer_class())
     props = load_properties(case.pkl)
     _check_geometry(case, ref_props, props)
+    spacing = [float(s) for s in ref_props.get("spacing", [1.0] * ref.ndim)]
+    vv, unit, is2d = voxel_volume(spacing, ref.shape)
     with open_probabilities(case.npz, case.rerun) as probs:
         stats = accumulate_case(probs.array, ref, spec, grid, eps, name=str(case.npz),
                                 reference_name=str(case.reference), wait=probs.wait)
         # the decision rules' exact cuts: the pass's fine histograms + the in-memory case (no second read)
         cuts = case_cuts(probs.array, ref, spec, fine_histograms(stats, grid))
-        # anything else a caller computes from the case while it is in memory (calibration samples)
-        more = extra(case, probs.array, ref) if extra is not None else {}
-    spacing = [float(s) for s in ref_props.get("spacing", [1.0] * ref.ndim)]
-    vv, unit, is2d = voxel_volume(spacing, ref.shape)
+        # anything else a caller computes from the case while it is in memory (distance bands, calibration samples)
+        more = extra(case, probs.array, ref, stats, spacing) if extra is not None else {}
     return {**more, "stats": stats, "cuts": cuts, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
             "shape": [int(s) for s in ref.shape]}
 
@@ -74,8 +75,8 @@ def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, rea
 def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
                  progress: bool = False, extra=None) -> List[dict]:
     """Per-case statistics, in this process (each case read and reduced at once, see :func:`process_case`) or
-    spread over ``num_processes`` worker processes. ``extra(case, probabilities, reference) -> dict`` (picklable)
-    adds to each case's result while the case is in memory."""
+    spread over ``num_processes`` worker processes. ``extra(case, probabilities, reference, stats, spacing) ->
+    dict`` (picklable) adds to each case's result while the case is in memory."""
     return map_cases(process_case, source.cases, dict(spec=source.spec, grid=grid, eps=eps,
                                                       reader_writer_class=source.reader_writer_class, extra=extra),
                      num_processes, progress, f"evaluating {source.name}")
@@ -151,6 +152,11 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
     decisions = decisions_for_cases(stats, spec, grid.thresholds, per_case, [r["cuts"] for r in results], sweep,
                                     fixed_threshold)
     volume = volume_block(spec, per_case, stats)
+    bands = None
+    if results and "bands" in results[0]:
+        for case, r in zip(per_case, results):
+            case["bands"] = case_band_table(r["bands"], r["voxel_volume"])
+        bands = bands_summary([r["bands"] for r in results], [r["voxel_volume"] for r in results])
     mean, fg, nan_counts = means(per_case, keys)
     summary = {
         "metric_per_case": per_case,
@@ -164,6 +170,7 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
         "threshold_sweep": sweep,
         "decisions": decisions,
         "volume": volume,
+        **({"bands": bands} if bands is not None else {}),
         "size_deciles": size_deciles(per_case, keys),
         "dice_jaccard": dice_jaccard_check(per_case, keys),
         "volume_unit": unit,
@@ -186,11 +193,13 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
              dataset_json=None, plans=None, n_bins: int = DEFAULT_BINS,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, eps: float = DEFAULT_EPS, num_processes: int = 1,
              chill: bool = False, overwrite: bool = False, plots: bool = True, progress: bool = False,
-             name: Optional[str] = None, fixed_threshold: float = 0.5) -> dict:
+             name: Optional[str] = None, fixed_threshold: float = 0.5, bands: bool = False) -> dict:
     """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
 
     ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
     ``fixed_threshold``: the decision rule ``fixed_T``'s threshold (added to the sweep's thresholds).
+    ``bands``: also FP/FN volume and ECE per distance band from the reference surface (:mod:`.bands`; costs a few
+    distance transforms per case and class).
     """
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination
     if isinstance(inputs, (str, Path)):
@@ -204,7 +213,8 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     if output_folder is not None:
         dest = check_destination(Path(output_folder), source.protected, overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []), [source.dataset])
-    results = reduce_cases(source, grid, eps, num_processes, progress)
+    results = reduce_cases(source, grid, eps, num_processes, progress,
+                           extra=CaseBands(source.spec, grid) if bands else None)
     summary = build_summary(source, results, grid, eps, fixed_threshold)
     if dest is not None:
         from nnunet_losses.evaluation.report import write_evaluation

@@ -64,7 +64,7 @@ def _cmd_evaluate(args) -> int:
     s = evaluate(_inputs(args), args.o, reference_folder=args.ref, folds=args.f, dataset_json=args.djfile,
                  plans=args.pfile, n_bins=args.bins, thresholds=args.thresholds, eps=args.eps, num_processes=args.np,
                  chill=args.chill, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet,
-                 name=args.name, fixed_threshold=args.fixed_threshold)
+                 name=args.name, fixed_threshold=args.fixed_threshold, bands=args.bands)
     cal = s["calibration"]["pooled"]
     print(f"{s['n_cases']} cases of {s['name']}: foreground mean Dice {_fmt(s['foreground_mean']['Dice'])}, "
           f"soft Dice {_fmt(s['foreground_mean']['soft_Dice'])}, dV {_fmt(s['foreground_mean']['dV'])} "
@@ -146,6 +146,9 @@ def _add_evaluate(subparsers) -> None:
                         "(1.19e-7, as scikit-learn's log_loss for float32)")
     p.add_argument("--fixed_threshold", type=PROBABILITY, default=0.5, metavar="T",
                    help="threshold of the decision rule fixed_T (p > T; added to the sweep). Default: 0.5")
+    p.add_argument("--bands", action="store_true",
+                   help="also FP/FN volume and ECE per distance band from the reference surface (0-1, 1-2, 2-4, "
+                        ">4 mm inside and outside; a few distance transforms per case and class)")
     p.add_argument("--name", help="model name in outputs and comparisons. Default: the trainer/prediction folder name")
     p.add_argument("--chill", action="store_true",
                    help="prediction folder only: evaluate the predicted cases even if some references have none")
