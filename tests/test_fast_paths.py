@@ -258,15 +258,17 @@ def test_hard_binary_focal_gradcheck_and_once_differentiable(gamma_pos, gamma_ne
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_classes,first_channel", [(2, 1), (3, 1), (3, 0), (5, 1)])
-@pytest.mark.parametrize("scale", [3.0, 200.0], ids=["fused", "saturated-fallback"])
-def test_one_vs_rest_softmax_nll_equals_the_general_formula(dtype, n_classes, first_channel, scale):
+@pytest.mark.parametrize("scale,margin", [(3.0, 0.0), (3.0, 800.0), (200.0, 0.0)],
+                         ids=["fused", "fused-confident", "saturated-fallback"])
+def test_one_vs_rest_softmax_nll_equals_the_general_formula(dtype, n_classes, first_channel, scale, margin):
     """Combo's label-mode modified CE on label maps: log of the other classes' summed probabilities (fused
-    gradient) vs log_one_minus_softmax under autograd; logit gaps of 600 take the general formula."""
+    gradient) vs log_one_minus_softmax under autograd; the labelled class 800 above the rest (its S_c is 0, the
+    fused path still applies); logit gaps of 600 take the general formula."""
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(17 + n_classes)
-    x = (scale * torch.randn(2, n_classes, 6, 5, 4, generator=g, dtype=torch.float64)).to(dtype)
     labels = torch.randint(0, n_classes, (2, 1, 6, 5, 4), generator=g)
-    onehot = torch.zeros(x.shape, dtype=dtype).scatter_(1, labels, 1)
+    onehot = torch.zeros((2, n_classes, 6, 5, 4), dtype=dtype).scatter_(1, labels, 1)
+    x = (scale * torch.randn(2, n_classes, 6, 5, 4, generator=g, dtype=torch.float64)).to(dtype) + margin * onehot
     out = []
     for fused in (True, False):
         xx = x.clone().requires_grad_()
