@@ -308,6 +308,50 @@ def test_step_regions_3d(step_env, name):
         assert len(trainer.loss.class_priors) == 2 and trainer.loss.class_priors[0] > trainer.loss.class_priors[1]
 
 
+class nnUNetTrainer_DSCpp_typo(T.nnUNetTrainer_DSCpp):
+    loss_kwargs = {"gama": 3.5}  # typo of gamma
+
+
+class nnUNetTrainer_SoftDice_ignore1(T.nnUNetTrainer_SoftDice):
+    loss_kwargs = {"ignore_label": 1}  # nnU-Net's own setting (dataset.json says 2)
+
+
+class nnUNetTrainer_Tversky_alpha_neg(T.nnUNetTrainer_Tversky):
+    loss_kwargs = {"alpha": -1.0}  # a value the loss rejects
+
+
+class nnUNetTrainer_DSCpp_batch(T.nnUNetTrainer_DSCpp):
+    loss_kwargs = {"batch_dice": False}  # the plans decide
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls,match", [
+    (nnUNetTrainer_DSCpp_typo, r"\['gama'\] not arguments of loss 'dscpp'"),
+    (nnUNetTrainer_SoftDice_ignore1, r"sets \['ignore_label'\], which nnU-Net takes from"),
+    (nnUNetTrainer_DSCpp_batch, r"sets \['batch_dice'\]"),
+    (nnUNetTrainer_Tversky_alpha_neg, r"rejects loss_kwargs \{'alpha': -1.0\}: alpha must be"),
+])
+def test_bad_loss_kwargs_fail_at_construction_before_any_folder(step_env, cls, match):
+    """Before the fix these trained (ignore_label 1 silently replaced the dataset's 2) or failed only in
+    ``initialize``, after nnU-Net had created the results folder and its log."""
+    with pytest.raises(ValueError, match=match) as info:
+        make_trainer(step_env, cls, IGNORE2)
+    assert "\n" not in str(info.value)
+    assert not list(step_env.results.glob(f"*/{cls.__name__}__*")), "a results folder was created"
+
+
+class nnUNetTrainer_SoftDice_shortrun(T.nnUNetTrainer_SoftDice):
+    pass  # a name no other test trains, so its results folder exists only if this test made it
+
+
+@pytest.mark.slow
+def test_invalid_short_run_variable_fails_before_any_folder(step_env, monkeypatch):
+    monkeypatch.setenv("NNUNET_LOSSES_EPOCHS", "0")
+    with pytest.raises(ValueError, match="NNUNET_LOSSES_EPOCHS must be a positive integer"):
+        make_trainer(step_env, nnUNetTrainer_SoftDice_shortrun, IGNORE2)
+    assert not list(step_env.results.glob("*/nnUNetTrainer_SoftDice_shortrun__*"))
+
+
 @pytest.mark.slow
 def test_step_user_variant(step_env, ext_trainer_env):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name

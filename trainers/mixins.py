@@ -83,8 +83,8 @@ class ShortRunMixin:
     # nnU-Net records its constructor arguments by name (``locals()``), so the signature must be spelled out
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        overrides = short_run_overrides()  # before nnUNetTrainer.__init__, which creates the output folder
         super().__init__(plans, configuration, fold, dataset_json, device)
-        overrides = short_run_overrides()
         for attr, value in overrides.items():
             setattr(self, attr, value)
         if overrides:
@@ -92,10 +92,24 @@ class ShortRunMixin:
                                    ", ".join(f"{k}={v}" for k, v in overrides.items()))
 
 
+#: loss arguments that nnU-Net's plans, dataset.json and launch determine; ``loss_kwargs`` may not set them
+NNUNET_SETTINGS = ("region_based", "ignore_label", "batch_dice", "ddp", "deep_supervision_weights")
+
+
+def nnunet_loss_settings(label_manager, configuration_manager, is_ddp: bool,
+                         ds_weights: Optional[List[float]]) -> Dict[str, object]:
+    """The loss arguments exactly as nnU-Net's default trainer passes them to its own loss."""
+    return {"region_based": bool(label_manager.has_regions), "ignore_label": label_manager.ignore_label,
+            "batch_dice": bool(configuration_manager.batch_dice), "ddp": bool(is_ddp),
+            "deep_supervision_weights": ds_weights}
+
+
 class LossTrainerMixin(ShortRunMixin):
     """Builds the loss ``get_loss(loss_name, **kwargs)`` with nnU-Net's settings; see the module docstring.
 
     Put it before an ``nnUNetTrainer`` (sub)class: ``class MyTrainer(LossTrainerMixin, nnUNetTrainer)``.
+    ``loss_kwargs`` are checked when the trainer is constructed, before nnU-Net creates any folder: a name the
+    loss does not take, one of :data:`NNUNET_SETTINGS`, or a value the loss rejects is a one-line ``ValueError``.
     """
     #: name in :func:`nnunet_losses.available_losses`
     loss_name: str = "dice_ce"
@@ -103,6 +117,37 @@ class LossTrainerMixin(ShortRunMixin):
     loss_kwargs: Mapping[str, object] = {}
     #: where the loss comes from (shown by ``nnunet-losses trainers`` and in the training log)
     paper: str = ""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        self.check_loss_kwargs(plans, configuration, dataset_json)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    @classmethod
+    def check_loss_kwargs(cls, plans: dict, configuration: str, dataset_json: dict) -> None:
+        """Build the loss once from the plans and dataset.json with ``loss_kwargs``: fail now, not epochs later."""
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+        user, accepted = cls.effective_loss_kwargs(), loss_arguments(cls.loss_name)
+        unknown = sorted(set(user) - set(accepted))
+        if unknown:
+            raise ValueError(f"{cls.__name__}.loss_kwargs: {unknown} not arguments of loss {cls.loss_name!r} "
+                             f"(it takes {sorted(set(accepted) - set(NNUNET_SETTINGS))})")
+        fixed = sorted(set(user) & set(NNUNET_SETTINGS))
+        if fixed:
+            raise ValueError(f"{cls.__name__}.loss_kwargs sets {fixed}, which nnU-Net takes from the plans, "
+                             f"dataset.json (ignore label, regions) and the launch (DDP); remove it from loss_kwargs "
+                             f"and change the dataset or plans instead")
+        plans_manager = PlansManager(plans)
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        settings = nnunet_loss_settings(label_manager, plans_manager.get_configuration(configuration), False, None)
+        kwargs = {k: v for k, v in settings.items() if k in accepted}
+        if "class_priors" in accepted and "class_priors" not in user:  # the real ones need the training labels
+            n = label_manager.num_segmentation_heads
+            kwargs["class_priors"] = [1.0 / n] * n
+        try:
+            get_loss(cls.loss_name, **kwargs, **user)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{cls.__name__}: loss {cls.loss_name!r} rejects loss_kwargs {user}: {e}") from None
 
     @classmethod
     def effective_loss_kwargs(cls) -> Dict[str, object]:
@@ -117,13 +162,8 @@ class LossTrainerMixin(ShortRunMixin):
         """All keyword arguments for :func:`get_loss`: nnU-Net's settings, computed ones, then ``loss_kwargs``."""
         accepted = loss_arguments(self.loss_name)
         user = self.effective_loss_kwargs()
-        nnunet = {
-            "region_based": bool(self.label_manager.has_regions),
-            "ignore_label": self.label_manager.ignore_label,
-            "batch_dice": bool(self.configuration_manager.batch_dice),
-            "ddp": bool(self.is_ddp),
-            "deep_supervision_weights": deep_supervision_weights(self),
-        }
+        nnunet = nnunet_loss_settings(self.label_manager, self.configuration_manager, self.is_ddp,
+                                      deep_supervision_weights(self))
         kwargs = {k: v for k, v in nnunet.items() if k in accepted}
         if "class_priors" in accepted and "class_priors" not in user:
             from nnunet_losses.trainers.priors import trainer_class_priors
