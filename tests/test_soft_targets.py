@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 from nnunet_losses.trainers.distillation import DistillationMixin, teacher_soft_target
 from nnunet_losses.trainers.multirater import find_raters, rater_mean_target, sampled_rater
-from nnunet_losses.trainers.soft_targets import (boundary_band, boundary_smoothed_target, downsample_soft_target,
-                                                 onehot_labels)
+from nnunet_losses.trainers.soft_targets import boundary_band, boundary_smoothed_target, like_target, onehot_labels
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -79,7 +78,8 @@ def test_boundary_band_width_must_be_odd():
 def test_downsample_soft_target_averages_blocks():
     rng = np.random.default_rng(0)
     soft = torch.from_numpy(rng.dirichlet(np.ones(3), size=(2, 8, 12)).transpose(0, 3, 1, 2).copy())
-    full, half, quarter = downsample_soft_target(soft, [(8, 12), (4, 6), (2, 3)])
+    hard = [torch.zeros(2, 1, *shape) for shape in [(8, 12), (4, 6), (2, 3)]]  # nnU-Net's deep-supervision targets
+    full, half, quarter = like_target(soft, hard)
     assert full is soft
     x = soft.numpy()
     for out, f in ((half, 2), (quarter, 4)):
@@ -196,3 +196,30 @@ def test_find_raters_errors(tmp_path):
     with pytest.raises(ValueError, match="same number K >= 2"):
         find_raters(tmp_path, ["a", "b"], ".nii.gz")
     assert [len(v) for v in find_raters(tmp_path, ["a"], ".nii.gz").values()] == [2]
+
+
+def _bare(mixin, **attrs):
+    """An instance of ``mixin`` without nnU-Net's constructor, for its option checks."""
+    obj = type("Bare", (mixin,), {})()
+    obj.label_manager = SimpleNamespace(has_regions=False, has_ignore_label=False)
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    return obj
+
+
+def test_soft_trainers_refuse_what_they_cannot_train():
+    from nnunet_losses.trainers import BoundarySmoothingMixin, MultiRaterMixin
+    with pytest.raises(ValueError, match="label \\(softmax\\) datasets only"):
+        _bare(MultiRaterMixin, label_manager=SimpleNamespace(has_regions=True, has_ignore_label=False)).check_dataset()
+    with pytest.raises(ValueError, match="rater_mode must be one of"):
+        _bare(MultiRaterMixin, rater_mode="median").check_dataset()
+    with pytest.raises(ValueError, match="ignore label are not supported"):
+        _bare(BoundarySmoothingMixin, label_manager=SimpleNamespace(has_regions=False, has_ignore_label=True)
+              ).check_dataset()
+    with pytest.raises(ValueError, match="smoothing_epsilon must be a number in \\[0.0, 1.0\\]"):
+        _bare(BoundarySmoothingMixin, smoothing_epsilon=1.5).check_dataset()
+    with pytest.raises(ValueError, match="band_width must be an odd integer"):
+        _bare(BoundarySmoothingMixin, smoothing_band_width=2).check_dataset()
+    with pytest.raises(ValueError, match="distillation_weight must be a number"):
+        _bare(DistillationMixin, distillation_weight=-0.1, teacher_model_folder="x").check_dataset()
+    _bare(BoundarySmoothingMixin).check_dataset()  # the defaults are valid

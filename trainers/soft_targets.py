@@ -5,7 +5,7 @@ or binary region maps ``(B, R, *spatial)`` (sigmoid training), one per deep-supe
 nearest neighbour. :class:`SoftTargetMixin` lets a trainer turn that into a *soft* target -- ``(B, C, *spatial)``
 class probabilities summing to 1 per voxel, or region probabilities ``(B, R, *spatial)`` in [0, 1] -- which the
 losses of :mod:`nnunet_losses` accept next to label maps. The soft target is built once at full resolution and
-down-sampled to every deep-supervision output by *averaging* (:func:`downsample_soft_target`), so a coarse voxel
+down-sampled to every deep-supervision output by *averaging* (:func:`like_target`), so a coarse voxel
 gets the mean probability of the fine voxels it covers instead of the label of one of them.
 
 :class:`BoundarySmoothingMixin` is the first use: label smoothing only in a band around the boundaries of the
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nnunet_losses.deep_supervision import downsample_soft_target
 from nnunet_losses.segmentation_loss import check_range
 
 Target = Union[Tensor, List[Tensor]]
@@ -32,19 +33,6 @@ def onehot_labels(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.f
         raise ValueError(f"expected a label map (B, 1, *spatial), got shape {tuple(labels.shape)}")
     classes = torch.arange(num_classes, device=labels.device).view(1, -1, *([1] * (labels.ndim - 2)))
     return (labels.long() == classes).to(dtype)
-
-
-def downsample_soft_target(soft: Tensor, shapes: Sequence[Sequence[int]]) -> List[Tensor]:
-    """The full-resolution soft target averaged onto each spatial shape of ``shapes`` (deep supervision).
-
-    A coarse voxel gets the mean of the fine voxels it covers, ``y'(V) = 1/|V| sum_{v in V} y(v)``
-    (``F.interpolate(mode="area")``, i.e. adaptive average pooling), which keeps sum-to-one and [0, 1].
-    """
-    out = []
-    for shape in shapes:
-        shape = tuple(int(s) for s in shape)
-        out.append(soft if tuple(soft.shape[2:]) == shape else F.interpolate(soft, size=shape, mode="area"))
-    return out
 
 
 def _pool(x: Tensor, kernel: int) -> Tensor:
@@ -101,10 +89,10 @@ def full_resolution(target: Target) -> Tensor:
 
 
 def like_target(soft_full: Tensor, target: Target) -> Target:
-    """``soft_full`` in the structure of nnU-Net's ``target``: a list averaged onto every deep-supervision shape,
-    or the tensor itself."""
+    """``soft_full`` in the structure of nnU-Net's ``target``: a list averaged onto every deep-supervision shape
+    (the loss core's :func:`~nnunet_losses.deep_supervision.downsample_soft_target`: block means), or the tensor."""
     if isinstance(target, (list, tuple)):
-        return downsample_soft_target(soft_full, [t.shape[2:] for t in target])
+        return [downsample_soft_target(soft_full, t.shape[2:], False) for t in target]
     return soft_full
 
 

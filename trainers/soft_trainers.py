@@ -15,7 +15,7 @@ from nnunet_losses.trainers.soft_targets import BoundarySmoothingMixin
 from nnunet_losses.trainers.variants import define_trainer
 
 #: loss trainers (tags of LOSS_TRAINERS) that get a generated soft-target trainer of every kind
-SOFT_LOSS_TAGS = ("CEonly", "SoftDice", "DiceCE")
+SOFT_LOSS_TAGS = ("CEonly", "SoftDice", "DiceCE", "DML")
 
 
 class MultiRaterSampleMixin(MultiRaterMixin):
