@@ -165,8 +165,10 @@ def test_distillation_needs_a_teacher(in_process, monkeypatch):
     import nnunet_losses.trainers as T
     ws, raw = in_process
     monkeypatch.delenv("NNUNET_LOSSES_TEACHER", raising=False)
+    trainer = make(ws, raw, T.TRAINERS["nnUNetTrainer_Distill_CEonly"])
+    trainer.initialize()  # nnUNetv2_train --val needs no teacher; training does (on_train_start loads it)
     with pytest.raises(ValueError, match="needs a teacher: set NNUNET_LOSSES_TEACHER"):
-        make(ws, raw, T.TRAINERS["nnUNetTrainer_Distill_CEonly"]).initialize()
+        trainer.load_teacher()
     monkeypatch.setenv("NNUNET_LOSSES_TEACHER", str(ws.root / "no_such_model"))
     with pytest.raises(FileNotFoundError, match="teacher checkpoint"):
-        make(ws, raw, T.TRAINERS["nnUNetTrainer_Distill_CEonly"]).initialize()
+        trainer.load_teacher()

@@ -93,9 +93,10 @@ class DistillationMixin(SoftTargetMixin):
 
     @property
     def target_kind(self) -> str:
+        folder = self.teacher_model_folder or os.environ.get(TEACHER_ENV, "") or f"not set (${TEACHER_ENV})"
         return (f"knowledge distillation: (1 - {self.distillation_weight:g}) x hard labels + "
                 f"{self.distillation_weight:g} x T^2 x teacher softmax at T = {self.distillation_temperature:g} "
-                f"(teacher {self.teacher_folder()})")
+                f"(teacher {folder})")
 
     def teacher_folder(self) -> str:
         folder = self.teacher_model_folder or os.environ.get(TEACHER_ENV, "")
@@ -108,13 +109,17 @@ class DistillationMixin(SoftTargetMixin):
         super().check_dataset()
         check_range("distillation_temperature", self.distillation_temperature, 0.0, float("inf"), low_open=True)
         check_range("distillation_weight", self.distillation_weight, 0.0, 1.0)
-        self.teacher_folder()
 
-    def initialize(self):
-        super().initialize()
+    def on_train_start(self):
+        # the teacher is needed for training only: ``nnUNetv2_train --val`` and prediction run without it
+        super().on_train_start()
+        self.load_teacher()
+
+    def load_teacher(self) -> None:
         signature = preprocessing_signature(self.plans_manager, self.configuration_manager)
         self.teacher = load_teacher(self.teacher_folder(), self.fold, signature, self.dataset_json, self.device,
                                     self.teacher_checkpoint)
+        self.print_to_log_file(f"nnunet-losses: {self.target_kind}")
 
     def teacher_target(self, data: Tensor, target: Target) -> Target:
         with torch.no_grad():
