@@ -37,7 +37,7 @@ def plan_phantom(root: Path, quick: bool) -> Path:
     for k in ("raw", "preprocessed", "results"):
         (root / k).mkdir()
         os.environ[f"nnUNet_{k}"] = str(root / k)
-    raw = write_phantom_dataset(root / "raw", 970, dim=3, n_cases=4 if quick else 8, shape=(32, 32, 32),
+    raw = write_phantom_dataset(root / "raw", 970, dim=3, n_cases=6, shape=(32, 32, 32),
                                 radius_range=(5, 7), n_raters=3, seed=0)
     subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "970", "-c",
                     "3d_fullres", "-np", "1", "-npfp", "1"], check=True, capture_output=True,
