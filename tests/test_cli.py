@@ -71,6 +71,8 @@ def test_number_type_bounds():
         t("inf")
     with pytest.raises(argparse.ArgumentTypeError, match="not an integer"):
         Number(int, low=1)("2.5")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"is not in \[0, 4294967295\]"):
+        Number(int, low=0, high=2 ** 32 - 1)("4294967296")
 
 
 def test_bad_input_is_exit_1_with_one_line(tmp_path, capsys):
@@ -138,3 +140,16 @@ def test_values_the_tools_cannot_use_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and f"argument {argv[1]}" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_reported_as_an_error():
+    """`nnunet-losses losses | head -1`: the reader leaves early; no error message, no traceback."""
+    import subprocess
+    import sys
+    code = "import sys; from nnunet_losses.cli import main; sys.exit(main(['losses', '-v']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()  # the reader leaves, as `head` does
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "error" not in err.lower() and "Traceback" not in err, err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE = 0, 1, 2
@@ -50,6 +51,9 @@ def run_command(args: argparse.Namespace) -> int:
     prog = f"nnunet-losses {args.command}"
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `nnunet-losses losses | head`: the reader left; not an error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no second error at exit
+        return EXIT_USER_ERROR
     except UsageError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,8 +22,9 @@ class Number:
         self.kind, self.low, self.high, self.open_low, self.open_high = kind, low, high, open_low, open_high
 
     def interval(self) -> str:
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
+        fmt = "{:d}" if self.kind is int else "{:g}"  # :g would print 2**32 - 1 as 4.29497e+09
+        lo = "-inf" if self.low is None else fmt.format(self.low)
+        hi = "inf" if self.high is None else fmt.format(self.high)
         left = "(" if self.open_low or self.low is None else "["
         right = ")" if self.open_high or self.high is None else "]"
         return f"{left}{lo}, {hi}{right}"
