@@ -153,3 +153,13 @@ def test_a_closed_pipe_is_not_reported_as_an_error():
     err = proc.stderr.read().decode()
     proc.wait(timeout=300)
     assert "error" not in err.lower() and "Traceback" not in err, err
+
+
+def test_readme_describes_the_demo_as_it_runs():
+    """The README's demo paragraph states the defaults the demo command really uses."""
+    from pathlib import Path
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    d = build_parser("demo").parse_args(["demo"])
+    assert f"{d.n_cases} cases of {d.shape[0]}×{d.shape[1]}" in readme
+    assert f"{d.epochs} epochs × {d.iterations} iterations" in readme
+    assert f"p = {d.p[0]} or p = {d.p[1]}" in readme and f"N = {d.N} uncertain" in readme
