@@ -204,7 +204,10 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    grid = BinGrid(n_bins, tuple(sorted({float(t) for t in thresholds} | {float(fixed_threshold)})))
+    try:
+        grid = BinGrid(n_bins, tuple(sorted({float(t) for t in thresholds} | {float(fixed_threshold)})))
+    except ValueError as e:
+        raise EvaluationError(f"sweep thresholds / bins: {e}") from None
     source = find_cases(inputs, reference_folder, [str(f) for f in folds] if folds else None, dataset_json, plans,
                         chill)
     if name:

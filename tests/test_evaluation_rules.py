@@ -234,3 +234,22 @@ def test_compare_refuses_other_datasets_and_the_same_predictions_twice(tmp_path)
     evaluate(pred, tmp_path / "e", reference_folder=gt, plots=False)
     with pytest.raises(EvaluationError, match="same predictions"):
         compare([tmp_path / "e", tmp_path / "e" / "summary.json"], n_boot=50)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------------------------------------------
+def test_sweep_settings_are_one_line_errors(tmp_path, capsys):
+    from nnunet_losses.cli import main
+    pred, gt = make_prediction_folder(tmp_path, n_cases=2)
+    for kw, match in (({"thresholds": [0.5, 1.0]}, "strictly between 0 and 1"),
+                      ({"thresholds": [0.1234567]}, "denominator"), ({"n_bins": 0}, "at least one calibration bin")):
+        with pytest.raises(EvaluationError, match=match):
+            evaluate(pred, reference_folder=gt, plots=False, **kw)
+    for argv in (["evaluate", "-i", pred, "-ref", gt, "-o", tmp_path / "e", "--thresholds", "0.5", "1"],
+                 ["evaluate", "-i", pred, "-ref", gt, "-o", tmp_path / "e", "--fixed_threshold", "0"],
+                 ["threshold", "-i", pred, "-o", tmp_path / "t", "-t", "1"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in argv])
+        assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "t").exists()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 
 from nnunet_losses.cli.errors import UsageError
-from nnunet_losses.cli.options import COUNT, OPEN_UNIT, PROBABILITY, SEED
+from nnunet_losses.cli.options import COUNT, OPEN_UNIT, SEED, Number
 from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
 from nnunet_losses.evaluation.formatting import number as _fmt
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED
+
+#: a label-map threshold (p > T): T = 1 would never predict anything
+THRESHOLD = Number(float, low=0.0, high=1.0, open_high=True)
 
 _INPUT_HELP = ("Input: a trainer folder (nnUNet_results/DatasetXXX_Name/Trainer__Plans__Configuration; every "
                "fold_N/validation is read), one or more fold folders of one trainer, or a prediction folder of "
@@ -140,11 +143,11 @@ def _add_evaluate(subparsers) -> None:
                         "--overwrite)")
     p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes (cases in parallel). Default: 1")
     p.add_argument("--bins", type=COUNT, default=DEFAULT_BINS, help="equal-width calibration bins (ECE, reliability). Default: 15")
-    p.add_argument("--thresholds", type=PROBABILITY, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
+    p.add_argument("--thresholds", type=OPEN_UNIT, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
                    help="thresholds of the sweep (p > T). Default: 0.05 0.10 ... 0.95")
     p.add_argument("--eps", type=OPEN_UNIT, default=DEFAULT_EPS, help="NLL clips probabilities at eps: -log(max(p, eps)). Default: float32 machine epsilon "
                         "(1.19e-7, as scikit-learn's log_loss for float32)")
-    p.add_argument("--fixed_threshold", type=PROBABILITY, default=0.5, metavar="T",
+    p.add_argument("--fixed_threshold", type=OPEN_UNIT, default=0.5, metavar="T",
                    help="threshold of the decision rule fixed_T (p > T; added to the sweep). Default: 0.5")
     p.add_argument("--bands", action="store_true",
                    help="also FP/FN volume and ECE per distance band from the reference surface (0-1, 1-2, 2-4, "
@@ -197,7 +200,7 @@ def _add_threshold(subparsers) -> None:
     p.add_argument("-o", required=True, metavar="FOLDER",
                    help="output folder (not inside nnU-Net's folders nor the folders read)")
     rule = p.add_mutually_exclusive_group(required=True)
-    rule.add_argument("-t", type=PROBABILITY, nargs="+", metavar="T",
+    rule.add_argument("-t", type=THRESHOLD, nargs="+", metavar="T",
                       help="one threshold for all classes, or one per class in dataset.json order (p > T)")
     rule.add_argument("--best_from", metavar="EVALUATION",
                       help="use the best threshold per class of this evaluation's sweep (folder or summary.json); "
