@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES = {
     "nnunet_losses.cli.research": ("theory", "phantom", "demo"),
     "nnunet_losses.cli.datasets": ("convert", "package"),
     "nnunet_losses.cli.evaluation": ("evaluate", "compare", "threshold", "calibrate"),
+    "nnunet_losses.cli.study": ("study",),
 }
 
 

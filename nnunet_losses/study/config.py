@@ -109,7 +109,7 @@ def study_from_dict(d: dict, path: Path) -> Study:
     _check_keys(d, _TOP_KEYS, "the study file", path)
     for key in ("dataset", "configuration", "trainers"):
         if key not in d:
-            raise StudyError(f"{path}: missing {key!r} (see `nnunet-losses study --example`)")
+            raise StudyError(f"{path}: missing {key!r} (see `nnunet-losses study example`)")
     trainers = d["trainers"]
     if not isinstance(trainers, list) or not trainers or not all(isinstance(t, str) and t for t in trainers):
         raise StudyError(f"{path}: trainers must be a non-empty list of nnU-Net trainer names (-tr)")
@@ -150,7 +150,7 @@ def load_study(path) -> Study:
     """Read and check a study file (TOML)."""
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"{path}: no such study file (write one: `nnunet-losses study --example > {path.name}`)")
+        raise StudyError(f"{path}: no such study file (write one: `nnunet-losses study example > {path.name}`)")
     try:
         d = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -92,14 +92,16 @@ def reliability(summaries: Dict[str, dict], names: Dict[str, str], path: Path) -
             freq = np.asarray(table["observed_frequency"], dtype=float)
             ok = ~np.isnan(conf)
             top.plot(conf[ok], freq[ok], "o-", ms=3, color=f"C{i}", label=_short(t))
+            # empty bins drawn at 0.5 voxel: below the log axis' first decade, visibly "none"
             bottom.stairs(np.maximum(np.asarray(table["count"], dtype=float), 0.5), edges, color=f"C{i}")
         top.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
         label = title if title == "top-label confidence" else f"{names.get(title, title)} (one-vs-rest)"
         top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed frequency", title=label)
         top.legend(fontsize=7)
         bottom.set(xlim=(0, 1), yscale="log", xlabel="predicted probability", ylabel="voxels per bin")
-    for ax in axes.ravel()[2 * len(titles):]:
-        ax.axis("off")
+    for j in range(len(titles), axes.size // 2):
+        axes[2 * (j // cols), j % cols].axis("off")
+        axes[2 * (j // cols) + 1, j % cols].axis("off")
     return _save(plt, fig, path, "Reliability diagrams, all validation voxels")
 
 
