@@ -74,7 +74,8 @@ def slurm_executor(study: Study, name: str, gpus: int, dependency: Optional[str]
     if opt.partition:
         params["partition"] = opt.partition
     if opt.mem_gb:
-        params["mem"] = opt.mem_gb
+        # sbatch reads a bare number as MB: give the unit
+        params["mem"] = f"{int(opt.mem_gb)}GB" if opt.mem_gb == int(opt.mem_gb) else f"{int(opt.mem_gb * 1024)}MB"
     if dependency:
         params["dependency"] = dependency
     ex.update_parameters(**params)
