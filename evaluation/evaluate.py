@@ -196,7 +196,8 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
              name: Optional[str] = None, fixed_threshold: float = 0.5, bands: bool = False) -> dict:
     """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
 
-    ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed).
+    ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed); a
+    folder of label maps without probabilities gets the hard and surface metrics only (:mod:`.labelmaps`).
     ``fixed_threshold``: the decision rule ``fixed_T``'s threshold (added to the sweep's thresholds).
     ``bands``: also FP/FN volume and ECE per distance band from the reference surface (:mod:`.bands`; costs a few
     distance transforms per case and class).
@@ -204,6 +205,11 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
+    from nnunet_losses.evaluation.labelmaps import evaluate_label_maps, is_label_map_folder
+    if is_label_map_folder(inputs, dataset_json):  # no probabilities: hard and surface metrics only
+        return evaluate_label_maps(inputs[0], output_folder, reference_folder=reference_folder,
+                                   dataset_json=dataset_json, plans=plans, chill=chill, overwrite=overwrite,
+                                   progress=progress, name=name)
     try:
         grid = BinGrid(n_bins, tuple(sorted({float(t) for t in thresholds} | {float(fixed_threshold)})))
     except ValueError as e:

@@ -59,7 +59,7 @@ def class_surface_metrics(prediction: np.ndarray, reference: np.ndarray, spacing
 def surface_metrics(prediction: np.ndarray, reference: np.ndarray, spec: TaskSpec, spacing: Sequence[float],
                     tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> Dict[str, Dict[str, float]]:
     """``{class key: {"HD95", "NSD"}}`` of two label maps (nnU-Net's hard segmentation and the reference)."""
-    prediction, reference = np.asarray(prediction), np.asarray(reference)
+    prediction, reference = np.asarray(prediction).astype(np.int64), np.asarray(reference).astype(np.int64)
     valid = np.ones(reference.shape, dtype=bool) if spec.ignore_label is None else reference != spec.ignore_label
     out = {}
     for key, cls in zip(spec.keys, spec.classes):

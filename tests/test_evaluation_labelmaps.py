@@ -1,0 +1,82 @@
+"""``evaluate`` on a folder of label maps without probabilities (post-processed, ensembles, nnUNetv2_predict
+output): Dice and hard dV against an independent numpy computation from the images' own spacing, HD95/NSD
+against the brute-force reference of test_surface, soft columns absent; without references a volume report."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from test_surface import brute_force
+
+SPACING_XYZ = (0.5, 1.0, 2.0)  # SimpleITK order; the arrays' axes are (z, y, x) -> spacing (2.0, 1.0, 0.5)
+ARRAY_SPACING = SPACING_XYZ[::-1]
+
+
+def _write(path, arr):
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.SetSpacing(SPACING_XYZ)
+    sitk.WriteImage(img, str(path))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    rng = np.random.default_rng(3)
+    pred_dir, ref_dir = tmp_path / "postprocessed", tmp_path / "gt"
+    pred_dir.mkdir()
+    ref_dir.mkdir()
+    dj = {"labels": {"background": 0, "kidney": 1, "tumour": 2}, "file_ending": ".nii.gz", "channel_names": {"0": "CT"},
+          "numTraining": 3}
+    (pred_dir / "dataset.json").write_text(json.dumps(dj))
+    cases = {}
+    for i in range(3):
+        ref = np.zeros((6, 9, 8), np.uint8)
+        ref[1:5, 2:7, 1:6] = 1
+        ref[2:4, 3:5, 2:4] = 2
+        pred = ref.copy()
+        pred[rng.random(ref.shape) < 0.15] = rng.integers(0, 3)
+        if i == 2:
+            pred[pred == 2] = 0  # a case whose tumour is missed entirely
+        _write(pred_dir / f"case{i}.nii.gz", pred)
+        _write(ref_dir / f"case{i}.nii.gz", ref)
+        cases[f"case{i}"] = (pred, ref)
+    return pred_dir, ref_dir, cases
+
+
+def test_label_map_folder_against_independent_computation(folders, tmp_path):
+    from nnunet_losses.evaluation import evaluate
+    pred_dir, ref_dir, cases = folders
+    s = evaluate(pred_dir, tmp_path / "out", reference_folder=ref_dir)
+    assert s["source"]["mode"] == "label_maps" and "calibration" not in s and "threshold_sweep" not in s
+    ml = float(np.prod(ARRAY_SPACING)) / 1000
+    by_case = {c["case"]: c["metrics"] for c in s["metric_per_case"]}
+    for name, (pred, ref) in cases.items():
+        for label in (1, 2):
+            m = by_case[name][str(label)]
+            p, r = pred == label, ref == label
+            assert not any(k in m for k in ("dV_soft", "soft_Dice", "Brier", "ECE", "NLL"))
+            assert m["Dice"] == pytest.approx(2 * (p & r).sum() / (p.sum() + r.sum()))
+            assert m["dV"] == pytest.approx((p.sum() - r.sum()) * ml)
+            assert m["V_ref"] == pytest.approx(r.sum() * ml)
+            want = brute_force(p, r, ARRAY_SPACING, 1.0)
+            assert m["HD95"] == pytest.approx(want["HD95"]) and m["NSD"] == pytest.approx(want["NSD"])
+    assert math.isinf(by_case["case2"]["2"]["HD95"]) and by_case["case2"]["2"]["NSD"] == 0.0
+    assert s["mean"]["1"]["Dice"] == pytest.approx(np.mean([by_case[c]["1"]["Dice"] for c in cases]))
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["mean"]["1"]["dV"] == pytest.approx(s["mean"]["1"]["dV"])
+    assert (tmp_path / "out" / "per_case.csv").is_file()
+
+
+def test_label_map_folder_without_references_gives_volumes(folders):
+    from nnunet_losses.evaluation.labelmaps import evaluate_label_maps
+    pred_dir, _, cases = folders
+    s = evaluate_label_maps(pred_dir)
+    assert s["source"]["mode"] == "label_maps_without_references"
+    ml = float(np.prod(ARRAY_SPACING)) / 1000
+    for c in s["metric_per_case"]:
+        pred = cases[c["case"]][0]
+        assert c["metrics"]["1"] == {"V_pred": pytest.approx((pred == 1).sum() * ml)}
+        assert c["metrics"]["2"]["V_pred"] == pytest.approx((pred == 2).sum() * ml)
