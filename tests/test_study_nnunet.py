@@ -160,3 +160,34 @@ def test_report_holds_evaluate_and_compare_numbers(study_run, tmp_path):
     first = (folder / "report.json").read_text()
     run_cli(["nnunet-losses", "study", "report", study_run["toml"]], env=study_run["env"])
     assert json.loads((folder / "report.json").read_text()) == json.loads(first), "report changed on a re-run"
+
+
+def test_ensemble_and_postprocessed_folders_in_the_report(study_run, tmp_path):
+    """nnU-Net's find_best_configuration ensembles the two trainers' cross-validation and determines
+    post-processing; both label-map folders, named in the study file, appear in the report with nnU-Net's own
+    Dice and n_pred/n_ref (its summary.json, computed by compute_metrics_on_folder) and with dV from those counts."""
+    ws, env = study_run["ws"], study_run["env"]
+    run_cli(["nnUNetv2_find_best_configuration", "901", "-c", "3d_fullres", "-tr", *TRAINERS, "-p",
+             "nnUNetPlansSmall", "-f", "0", "1", "-np", "1"], env=env, timeout=1800)
+    ensemble = next(ws.results.glob("Dataset901_*/ensembles/ensemble___*"))
+    folders = {"ensemble": ensemble, "ensemble_postprocessed": ensemble / "postprocessed"}
+    toml = study_run["toml"].read_text().replace(
+        "[evaluation]", "[evaluation]\nextra_folders = { " + ", ".join(f'{k} = "{v}"' for k, v in folders.items())
+        + " }").replace(f"output = \"{study_run['folder']}\"", f"output = \"{tmp_path / 'study'}\"")
+    path = tmp_path / "with_extras.toml"
+    path.write_text(toml)
+    run_cli(["nnunet-losses", "study", "report", path], env=env)
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    rows = {r["label"]: r for r in report["extras"]["rows"]}
+    ml = None
+    for name, folder in folders.items():
+        nnunet = json.loads((folder / "summary.json").read_text())
+        assert rows["mean Dice (over classes)"]["values"][name] == pytest.approx(nnunet["foreground_mean"]["Dice"])
+        for key, label in (("1", "outer"), ("2", "inner")):
+            assert rows[f"Dice {label}"]["values"][name] == pytest.approx(nnunet["mean"][key]["Dice"])
+            ours = json.loads((tmp_path / "study" / "evaluation" / f"extra_{name}" / "summary.json").read_text())
+            ml = ours["metric_per_case"][0]["voxel_volume"]
+            dv = [(c["metrics"][key]["n_pred"] - c["metrics"][key]["n_ref"]) * ml for c in nnunet["metric_per_case"]]
+            assert rows[f"hard dV {label} (ml)"]["values"][name] == pytest.approx(sum(dv) / len(dv))
+            assert "soft dV" not in " ".join(rows) and rows[f"HD95 {label} (mm)"]["values"][name] > 0
+    assert "Post-processed and ensemble predictions" in (tmp_path / "study" / "report.md").read_text()

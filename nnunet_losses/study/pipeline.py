@@ -86,6 +86,22 @@ def evaluate_trainer(study: Study, trainer: str, folds: List[str]) -> dict:
     return summary
 
 
+def evaluate_extra(study: Study, name: str, folder: str) -> dict:
+    """A prediction folder of the study's dataset -- ``nnUNetv2_apply_postprocessing`` output, a
+    ``find_best_configuration``/``nnUNetv2_ensemble`` ensemble of the cross-validation -- against nnU-Net's
+    references (label maps only: hard and surface metrics)."""
+    from nnunet_losses.evaluation import evaluate
+    from nnunet_losses.study.runs import _env_folder, dataset_name
+    path = Path(folder) if Path(folder).is_absolute() else (study.source.parent if study.source else Path.cwd()) / folder
+    if not path.is_dir():
+        raise StudyError(f"{path}: extra folder {name!r} of the study file not found")
+    references = _env_folder("nnUNet_preprocessed") / dataset_name(study) / "gt_segmentations"
+    # nnU-Net's postprocessed/ folders have no dataset.json of their own: the trainers' is the dataset's
+    dataset_json = None if (path / "dataset.json").is_file() else trainer_folder(study, study.baseline) / "dataset.json"
+    return evaluate(path, study.folder / "evaluation" / f"extra_{name}", reference_folder=references, name=name,
+                    dataset_json=dataset_json, overwrite=True, chill=True)
+
+
 def finish_study(study: Study, step: Optional[Callable[[str], None]] = None) -> dict:
     """Evaluate, compare, report (the SLURM report job runs this)."""
     from nnunet_losses.evaluation import compare
@@ -106,7 +122,8 @@ def finish_study(study: Study, step: Optional[Callable[[str], None]] = None) -> 
     comparison = compare([study.folder / "evaluation" / t for t in trainers], study.folder / "comparison",
                          names=trainers, n_boot=study.n_boot, alpha=study.alpha, overwrite=True)
     step("compared")
-    report = write_report(study, summaries, comparison, statuses, folds)
+    extras = {n: evaluate_extra(study, n, f) for n, f in study.extra_folders.items()}
+    report = write_report(study, summaries, comparison, statuses, folds, extras)
     step("report written")
     return {"folds": folds, "summaries": summaries, "comparison": comparison, "report": report,
             "status": {f"{t} fold {f}": s.state for (t, f), s in statuses.items()}}

@@ -93,13 +93,30 @@ def build_document(study: Study, summaries: Dict[str, dict], comparison: dict, s
     return doc
 
 
-def write_report(study: Study, summaries: Dict[str, dict], comparison: dict, statuses, folds: List[str]) -> dict:
+def _extras_section(doc: Document, extras: Dict[str, dict], names: Dict[str, str]) -> None:
+    """Post-processed and ensemble folders: label maps only, so the hard and surface rows (no significance:
+    compare needs every model's probabilities)."""
+    table = main_table(extras, {}, None, names)
+    doc.add(Heading("Post-processed and ensemble predictions"),
+            Paragraph("Label maps without probabilities (nnUNetv2_apply_postprocessing, find_best_configuration / "
+                      "nnUNetv2_ensemble): hard metrics against nnU-Net's references, cases as found in each folder; "
+                      "soft and calibration metrics do not exist for them."),
+            Table(["metric"] + table["trainers"], [[r["label"]] + [cell(r, t) for t in table["trainers"]]
+                                                   for r in table["rows"]]))
+
+
+def write_report(study: Study, summaries: Dict[str, dict], comparison: dict, statuses, folds: List[str],
+                 extras: Dict[str, dict] = None) -> dict:
     names = label_names(_dataset_json(next(iter(summaries.values()))))
     table = main_table(summaries, comparison, study.baseline, names)
     figures = write_figures(summaries, comparison, names, study.folder / "figures")
     doc = build_document(study, summaries, comparison, statuses, folds, figures, names, table)
+    if extras:
+        _extras_section(doc, extras, names)
     (study.folder / "report.md").write_text(to_markdown(doc, study.folder))
     (study.folder / "report.html").write_text(to_html(doc))
-    (study.folder / "report.json").write_text(json.dumps({"folds": folds, "table": table}, indent=2))
+    extra_table = main_table(extras, {}, None, names) if extras else None
+    (study.folder / "report.json").write_text(json.dumps({"folds": folds, "table": table, "extras": extra_table},
+                                                         indent=2))
     return {"markdown": str(study.folder / "report.md"), "html": str(study.folder / "report.html"),
             "json": str(study.folder / "report.json"), "table": table}

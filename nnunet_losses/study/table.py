@@ -16,7 +16,8 @@ NAN = float("nan")
 
 @dataclass(frozen=True)
 class Row:
-    """``label`` may hold ``{label}`` (class name), ``{unit}`` (volume unit), ``{bins}`` (ECE bins)."""
+    """``label`` may hold ``{label}`` (class name), ``{unit}`` (volume unit), ``{bins}`` (ECE bins),
+    ``{tolerance}`` (NSD tolerance)."""
     label: str
     value: Callable[[dict, Optional[str]], Optional[float]]
     per_class: bool
@@ -75,6 +76,8 @@ ROWS: List[Row] = [
     Row("classwise ECE, {bins} bins (case mean)", _case_calibration("classwise_ECE"), False, "classwise_ECE"),
     Row("classwise ECE, {bins} bins (all voxels pooled)", _pooled_calibration("classwise_ECE"), False),
     Row("one-vs-rest ECE {label}, {bins} bins (case mean)", _class_metric("ECE"), True, "ECE"),
+    Row("HD95 {label} (mm)", _class_metric("HD95"), True),
+    Row("normalized surface Dice {label} ({tolerance} mm)", _class_metric("NSD"), True),
     Row("best threshold {label} (max mean Dice)", _best_threshold("best_threshold"), True, None, 2),
     Row("Dice {label} at the best threshold", _best_threshold("best_Dice_mean"), True),
 ]
@@ -109,7 +112,8 @@ def main_table(summaries: Dict[str, dict], comparison: dict, baseline: str, labe
     keys = list(first["mean"].keys())
     n_bins = first.get("settings", {}).get("n_bins", "?")
     words = {"unit": first.get("volume_unit", "ml"), "bins": n_bins,
-             "toplabel": "region-mean one-vs-rest" if _is_regions(first) else "top-label"}
+             "toplabel": "region-mean one-vs-rest" if _is_regions(first) else "top-label",
+             "tolerance": first.get("settings", {}).get("surface_tolerance_mm", "?")}
     alpha = comparison.get("alpha", 0.05)
     rows = []
     for spec in ROWS:
