@@ -80,3 +80,12 @@ def test_label_map_folder_without_references_gives_volumes(folders):
         pred = cases[c["case"]][0]
         assert c["metrics"]["1"] == {"V_pred": pytest.approx((pred == 1).sum() * ml)}
         assert c["metrics"]["2"]["V_pred"] == pytest.approx((pred == 2).sum() * ml)
+
+
+def test_cli_on_a_label_map_folder(folders, tmp_path):
+    from conftest import run_cli
+    pred_dir, ref_dir, _ = folders
+    out = run_cli(["nnunet-losses", "evaluate", "-i", pred_dir, "-ref", ref_dir, "-o", tmp_path / "ev"]).stdout
+    assert "3 cases of postprocessed (label maps, no probabilities): foreground mean Dice" in out and "HD95" in out
+    s = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert f"{s['foreground_mean']['Dice']:.4f}" in out

@@ -68,6 +68,13 @@ def _cmd_evaluate(args) -> int:
                  plans=args.pfile, n_bins=args.bins, thresholds=args.thresholds, eps=args.eps, num_processes=args.np,
                  chill=args.chill, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet,
                  name=args.name, fixed_threshold=args.fixed_threshold, bands=args.bands)
+    if "calibration" not in s:  # label maps without probabilities: hard and surface metrics only
+        fg = s["foreground_mean"]
+        what = (f"foreground mean Dice {_fmt(fg['Dice'])}, dV {_fmt(fg['dV'])} {s['volume_unit']}, HD95 "
+                f"{_fmt(fg['HD95'])} mm, NSD {_fmt(fg['NSD'])}" if "Dice" in fg else "predicted volumes (no references)")
+        print(f"{s['n_cases']} cases of {s['name']} (label maps, no probabilities): {what}")
+        print(f"written to {s.get('output_folder', '(not written: no -o)')}")
+        return 0
     cal = s["calibration"]["pooled"]
     print(f"{s['n_cases']} cases of {s['name']}: foreground mean Dice {_fmt(s['foreground_mean']['Dice'])}, "
           f"soft Dice {_fmt(s['foreground_mean']['soft_Dice'])}, dV {_fmt(s['foreground_mean']['dV'])} "
