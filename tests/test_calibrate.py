@@ -145,3 +145,20 @@ def test_cli_calibrate_apply_and_threshold_rule(tmp_path):
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg" / "case_1.nii.gz")))
     p = np.load(pred / "case_1.npz")["probabilities"]
     assert np.array_equal(seg, rule_label_map(p, TaskSpec.labels(3), "dice_optimal"))
+
+
+def test_calibrate_region_model_end_to_end(tmp_path):
+    """Region (sigmoid) predictions: one binary map per region, cross-fitted; the calibrated files are the
+    group's map applied to the saved probabilities and stay probabilities per region."""
+    from test_evaluation_export import make_prediction_folder
+    pred, gt = make_prediction_folder(tmp_path, dim=3, regions=True, n_cases=4)
+    r = calibrate(pred, tmp_path / "cal", reference_folder=gt, method="vector", per_label=500, plots=False)
+    cal = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert cal["task"] == "regions" and len(cal["maps"]) == 2 and r["scheme"] == "4 groups of cases (no folds)"
+    g = next(i for i, names in enumerate(cal["crossfit"]["groups"]) if "case_2" in names)
+    m = CalibrationMap.from_json(cal["crossfit"]["maps"][g])
+    q = np.load(tmp_path / "cal" / "calibrated" / "case_2.npz")["probabilities"]
+    assert np.array_equal(q, m.apply(np.load(pred / "case_2.npz")["probabilities"]))
+    assert q.min() >= 0 and q.max() <= 1
+    after = json.loads((tmp_path / "cal" / "after" / "summary.json").read_text())
+    assert set(after["decisions"]["mean"]) == {"(1, 2)", "(2,)"}
