@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import numbers
+import os
 
 import pytest
 
@@ -85,6 +86,7 @@ def test_bad_input_is_exit_1_with_one_line(tmp_path, capsys):
     assert sorted(p.name for p in raw.iterdir()) == ["Dataset007_Taken"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_full_or_unwritable_output_is_exit_1_with_one_line(tmp_path, capsys):
     # /dev/full: every write fails with ENOSPC, as on a full disk
     assert main(["theory", "-N", "1", "--mu", "1", "-o", "/dev/full"]) == 1
