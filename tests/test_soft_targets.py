@@ -70,6 +70,55 @@ def test_boundary_smoothed_target(region_based):
     np.testing.assert_allclose(soft.sum(1).numpy(), 1.0, atol=1e-6)
 
 
+def naive_band_with_ignore(labels: np.ndarray, ignored: np.ndarray, width: int) -> np.ndarray:
+    """JDTLosses' rule: a mixed neighbourhood that holds no ignored voxel."""
+    r = width // 2
+    out = np.zeros(labels.shape, dtype=bool)
+    for idx in itertools.product(*[range(s) for s in labels.shape]):
+        window = tuple(slice(max(0, i - r), i + r + 1) for i in idx)
+        out[idx] = not ignored[window].any() and len(np.unique(np.where(ignored, -1, labels)[window])) > 1
+    return out
+
+
+@pytest.mark.parametrize("region_based", [False, True])
+def test_boundary_smoothing_with_ignore_label(region_based):
+    """The loss core's ignore channel is appended; nothing within the band width of an ignored voxel is smoothed."""
+    rng = np.random.default_rng(7)
+    eps, width, ignore_label = 0.4, 3, 3
+    labels = blob_labels(rng, (9, 12), 3)
+    ignored = np.zeros(labels.shape, dtype=bool)
+    ignored[2:4, 5:9] = True
+    if region_based:  # nnU-Net's region target: (B, R + 1, ...) with the ignore mask last
+        maps = np.stack([labels >= 1, labels >= 2, ignored])[None]
+        soft = boundary_smoothed_target(torch.from_numpy(maps), 2, True, eps, width, ignore_label).double().numpy()
+        np.testing.assert_array_equal(soft[0, 2], ignored)
+        for r in range(2):
+            y = maps[0, r].astype(np.float64)
+            band = naive_band_with_ignore(maps[0, r].astype(int), ignored, width)
+            np.testing.assert_allclose(soft[0, r][~ignored], np.where(band, (1 - eps) * y + eps / 2, y)[~ignored])
+        return
+    target = np.where(ignored, ignore_label, labels)
+    soft = boundary_smoothed_target(torch.from_numpy(target)[None, None], 3, False, eps, width, ignore_label).double()
+    soft = soft.numpy()
+    assert soft.shape == (1, 4, 9, 12)
+    np.testing.assert_array_equal(soft[0, 3], ignored)
+    band = naive_band_with_ignore(labels, ignored, width)
+    assert band.sum() > 0
+    for c in range(3):
+        y = (labels == c).astype(np.float64)
+        np.testing.assert_allclose(soft[0, c][~ignored], np.where(band, (1 - eps) * y + eps / 3, y)[~ignored])
+
+
+def test_distillation_target_carries_the_ignore_channel():
+    zt = torch.randn(2, 3, 8, 8)
+    labels = torch.randint(0, 4, (2, 1, 8, 8))  # 3 = ignore
+    trainer = SimpleNamespace(distillation_temperature=1.0, teacher=lambda data: zt,
+                              label_manager=SimpleNamespace(has_regions=False, ignore_label=3))
+    soft = DistillationMixin.teacher_target(trainer, None, labels)
+    torch.testing.assert_close(soft[:, :3], torch.softmax(zt, 1))
+    torch.testing.assert_close(soft[:, 3:], (labels == 3).float())
+
+
 def test_boundary_band_width_must_be_odd():
     with pytest.raises(ValueError, match="odd integer >= 3"):
         boundary_band(torch.zeros(1, 2, 4, 4), 4)
@@ -129,7 +178,8 @@ def test_distillation_loss(temperature, weight):
         return sum(w * soft_ce64(oi, ti) for w, oi, ti in zip(weights, o, t))
 
     trainer = SimpleNamespace(loss=loss, distillation_weight=weight, distillation_temperature=temperature,
-                              teacher=lambda data: zt, label_manager=SimpleNamespace(has_regions=False))
+                              teacher=lambda data: zt, label_manager=SimpleNamespace(has_regions=False,
+                                                                                     ignore_label=None))
     trainer.teacher_target = lambda data, target: DistillationMixin.teacher_target(trainer, data, target)
     got = DistillationMixin.training_loss(trainer, None, out, y)
     q = torch.softmax(zt / temperature, 1)
@@ -214,8 +264,10 @@ def test_soft_trainers_refuse_what_they_cannot_train():
     with pytest.raises(ValueError, match="rater_mode must be one of"):
         _bare(MultiRaterMixin, rater_mode="median").check_dataset()
     with pytest.raises(ValueError, match="ignore label are not supported"):
-        _bare(BoundarySmoothingMixin, label_manager=SimpleNamespace(has_regions=False, has_ignore_label=True)
+        _bare(MultiRaterMixin, label_manager=SimpleNamespace(has_regions=False, has_ignore_label=True)
               ).check_dataset()
+    _bare(BoundarySmoothingMixin, label_manager=SimpleNamespace(has_regions=False, has_ignore_label=True)
+          ).check_dataset()  # builds the loss core's ignore channel
     with pytest.raises(ValueError, match="smoothing_epsilon must be a number in \\[0.0, 1.0\\]"):
         _bare(BoundarySmoothingMixin, smoothing_epsilon=1.5).check_dataset()
     with pytest.raises(ValueError, match="band_width must be an odd integer"):
@@ -223,3 +275,19 @@ def test_soft_trainers_refuse_what_they_cannot_train():
     with pytest.raises(ValueError, match="distillation_weight must be a number"):
         _bare(DistillationMixin, distillation_weight=-0.1, teacher_model_folder="x").check_dataset()
     _bare(BoundarySmoothingMixin).check_dataset()  # the defaults are valid
+
+
+@pytest.mark.parametrize("name", ["ce", "softdice", "dice_ce", "dml"])
+def test_smoothed_target_with_ignore_channel_in_the_losses(name):
+    """The loss core reads the ignore channel: the logits of ignored voxels change nothing."""
+    from nnunet_losses import get_loss
+    torch.manual_seed(0)
+    labels = torch.from_numpy(blob_labels(np.random.default_rng(8), (2, 12, 12), 3))[:, None]
+    labels[:, :, 3:6, 4:9] = 3
+    target = boundary_smoothed_target(labels, 3, False, 0.5, 3, ignore_label=3)
+    loss = get_loss(name, ignore_label=3)
+    logits = torch.randn(2, 3, 12, 12)
+    other = torch.where(labels == 3, torch.randn(2, 3, 12, 12) * 5, logits)
+    value = loss(logits, target)
+    assert torch.isfinite(value)
+    torch.testing.assert_close(loss(other, target), value)

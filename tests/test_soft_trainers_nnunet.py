@@ -172,3 +172,29 @@ def test_distillation_needs_a_teacher(in_process, monkeypatch):
     monkeypatch.setenv("NNUNET_LOSSES_TEACHER", str(ws.root / "no_such_model"))
     with pytest.raises(FileNotFoundError, match="teacher checkpoint"):
         trainer.load_teacher()
+
+
+def test_boundary_smoothing_step_with_ignore_label(nnunet_workspace, monkeypatch):
+    """The synthetic ignore-label dataset (2D): the smoothed target carries the loss core's ignore channel, and a
+    real training step on nnU-Net's batch runs."""
+    import nnunet_losses.trainers as T
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    ws = nnunet_workspace
+    did, cfg = ws.dataset("ignore", 2)
+    plans_name = ws.small_plans(did)
+    for k, v in ws.env(nnUNet_n_proc_DA=0, nnUNet_def_n_proc=1).items():
+        if k.startswith("nnUNet"):
+            monkeypatch.setenv(k, v)
+    folder = next(ws.preprocessed.glob(f"Dataset{did:03d}_*"))
+    plans = load_json(str(folder / f"{plans_name}.json"))
+    plans["continue_training"] = False
+    trainer = T.TRAINERS["nnUNetTrainer_BoundarySmoothing_DML"](plans, cfg, 1, load_json(str(folder / "dataset.json")),
+                                                                device=torch.device("cpu"))
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    soft = trainer.training_target(batch["data"], batch["target"])
+    ignored = (batch["target"][0] == trainer.label_manager.ignore_label).float()
+    assert ignored.sum() > 0 and soft[0].shape[1] == trainer.label_manager.num_segmentation_heads + 1
+    torch.testing.assert_close(soft[0][:, -1:], ignored)
+    assert np.isfinite(trainer.train_step(batch)["loss"])

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from nnunet_losses.segmentation_loss import check_range
-from nnunet_losses.trainers.soft_targets import SoftTargetMixin, Target, full_resolution, like_target
+from nnunet_losses.trainers.soft_targets import SoftTargetMixin, Target, full_resolution, ignore_mask, like_target
 
 TEACHER_ENV = "NNUNET_LOSSES_TEACHER"
 
@@ -90,6 +90,8 @@ class DistillationMixin(SoftTargetMixin):
     #: teacher model folder; empty = the environment variable NNUNET_LOSSES_TEACHER
     teacher_model_folder: str = ""
     teacher_checkpoint: str = "checkpoint_final.pth"
+    #: ignored voxels of the hard target go to the loss as the ignore channel of the teacher's soft target
+    supports_ignore_label = True
 
     @property
     def target_kind(self) -> str:
@@ -125,8 +127,12 @@ class DistillationMixin(SoftTargetMixin):
         with torch.no_grad():
             logits = self.teacher(data)
         logits = full_resolution(logits)  # a teacher built with deep supervision on returns a list
-        soft = teacher_soft_target(logits, self.distillation_temperature, bool(self.label_manager.has_regions))
-        return like_target(soft, target)
+        region_based = bool(self.label_manager.has_regions)
+        soft = teacher_soft_target(logits, self.distillation_temperature, region_based)
+        ignored = ignore_mask(full_resolution(target), self.label_manager.ignore_label, region_based)
+        if ignored is not None:
+            soft = torch.cat([soft, ignored], 1)
+        return like_target(soft, target, ignored is not None)
 
     def training_loss(self, data: Tensor, output, target: Target) -> Tensor:
         w, t = self.distillation_weight, self.distillation_temperature

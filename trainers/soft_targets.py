@@ -63,18 +63,38 @@ def smooth_in_band(onehot: Tensor, band: Tensor, epsilon: float, n_classes: int)
     return torch.where(band, smoothed, onehot)
 
 
+def ignore_mask(target: Tensor, ignore_label: Optional[int], region_based: bool) -> Optional[Tensor]:
+    """nnU-Net's ignored voxels as a float ``(B, 1, ...)`` mask (1 = ignored): the label map's ``ignore_label``
+    voxels, or for regions the ignore channel nnU-Net appends as the last target channel; ``None`` without one."""
+    if ignore_label is None:
+        return None
+    return target[:, -1:].float() if region_based else (target == ignore_label).float()
+
+
 def boundary_smoothed_target(target: Tensor, num_classes: int, region_based: bool, epsilon: float = 0.5,
-                             band_width: int = 3) -> Tensor:
+                             band_width: int = 3, ignore_label: Optional[int] = None) -> Tensor:
     """Soft target from a hard one: label smoothing with ``epsilon`` in the boundary band (see
     :func:`boundary_band`, :func:`smooth_in_band`). Labels ``(B, 1, ...)`` -> ``(B, C, ...)`` summing to 1;
-    regions ``(B, R, ...)`` -> ``(B, R, ...)`` in [0, 1], every region smoothed in its own band."""
+    regions ``(B, R, ...)`` -> ``(B, R, ...)`` in [0, 1], every region smoothed in its own band.
+
+    With an ignore label the result gets the loss core's ignore channel as last channel (``(B, C + 1, ...)`` /
+    ``(B, R + 1, ...)``, 1 = ignored), and, as in JDTLosses, no voxel within the band width of an ignored voxel
+    is smoothed (the border to "unknown" is not a class boundary).
+    """
+    ignored = ignore_mask(target, ignore_label, region_based)
     if region_based:
-        onehot = target.float()
+        onehot = (target[:, :-1] if ignored is not None else target).float()
         band = boundary_band(onehot, band_width)
-        return smooth_in_band(onehot, band, epsilon, 2)
-    onehot = onehot_labels(target, num_classes)
-    band = boundary_band(onehot, band_width).any(1, keepdim=True)
-    return smooth_in_band(onehot, band, epsilon, num_classes)
+        n_classes = 2
+    else:
+        labels = target if ignored is None else torch.where(ignored.bool(), 0, target)
+        onehot = onehot_labels(labels, num_classes)  # ignored voxels as class 0: never read, no band near them
+        band = boundary_band(onehot, band_width).any(1, keepdim=True)
+        n_classes = num_classes
+    if ignored is None:
+        return smooth_in_band(onehot, band, epsilon, n_classes)
+    band = band & (_pool(ignored, band_width) == 0)
+    return torch.cat([smooth_in_band(onehot, band, epsilon, n_classes), ignored], 1)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -88,11 +108,12 @@ def full_resolution(target: Target) -> Tensor:
     return target[0] if isinstance(target, (list, tuple)) else target
 
 
-def like_target(soft_full: Tensor, target: Target) -> Target:
+def like_target(soft_full: Tensor, target: Target, has_ignore_channel: bool = False) -> Target:
     """``soft_full`` in the structure of nnU-Net's ``target``: a list averaged onto every deep-supervision shape
-    (the loss core's :func:`~nnunet_losses.deep_supervision.downsample_soft_target`: block means), or the tensor."""
+    (the loss core's :func:`~nnunet_losses.deep_supervision.downsample_soft_target`: block means, over the valid
+    voxels when the last channel is the ignore channel), or the tensor."""
     if isinstance(target, (list, tuple)):
-        return [downsample_soft_target(soft_full, t.shape[2:], False) for t in target]
+        return [downsample_soft_target(soft_full, t.shape[2:], has_ignore_channel) for t in target]
     return soft_full
 
 
@@ -102,15 +123,16 @@ class SoftTargetMixin:
     than one term, e.g. distillation). ``target_kind`` names the target in the training log.
 
     Put it before the loss trainer: ``class X(BoundarySmoothingMixin, nnUNetTrainer_SoftDice): pass``.
-    Region-based datasets and the ignore label are refused by the subclasses that cannot handle them
-    (:meth:`check_dataset`), with a one-line error at ``initialize``.
+    Datasets a subclass cannot handle are refused by :meth:`check_dataset` with a one-line error at
+    ``initialize``; ``supports_ignore_label`` says whether it builds the loss core's ignore channel.
     """
     #: shown in the training log next to the loss
     target_kind: str = "hard labels"
+    supports_ignore_label: bool = False
 
     def check_dataset(self) -> None:
-        """Raise a one-line ``ValueError`` if this trainer cannot train on the dataset (default: ignore label)."""
-        if self.label_manager.has_ignore_label:
+        """Raise a one-line ``ValueError`` if this trainer cannot train on the dataset."""
+        if self.label_manager.has_ignore_label and not self.supports_ignore_label:
             raise ValueError(f"{type(self).__name__}: soft targets with an ignore label are not supported; "
                              f"use a trainer without soft targets for this dataset")
 
@@ -164,6 +186,8 @@ class BoundarySmoothingMixin(SoftTargetMixin):
     ``y' = (1 - smoothing_epsilon) y + smoothing_epsilon / C`` in the band of voxels whose
     ``smoothing_band_width``-voxel neighbourhood holds more than one class (regions: per region, ``C = 2``);
     hard labels elsewhere. Defaults are JDTLosses' (epsilon 0.5, 3-voxel band). Validation uses the hard label.
+    With an ignore label, voxels within the band width of an ignored voxel are not smoothed and the ignore channel
+    goes to the loss (see :func:`boundary_smoothed_target`).
 
     Options as class attributes (a subclass of three lines)::
 
@@ -172,6 +196,7 @@ class BoundarySmoothingMixin(SoftTargetMixin):
     """
     smoothing_epsilon: float = 0.5
     smoothing_band_width: int = 3
+    supports_ignore_label = True
 
     @property
     def target_kind(self) -> str:
@@ -184,7 +209,8 @@ class BoundarySmoothingMixin(SoftTargetMixin):
         boundary_band(torch.zeros(1, 1, 1, 1), self.smoothing_band_width)  # validates the band width
 
     def training_target(self, data: Tensor, target: Target) -> Target:
+        ignore_label = self.label_manager.ignore_label
         soft = boundary_smoothed_target(full_resolution(target), self.num_target_classes(),
                                         bool(self.label_manager.has_regions), self.smoothing_epsilon,
-                                        self.smoothing_band_width)
-        return like_target(soft, target)
+                                        self.smoothing_band_width, ignore_label)
+        return like_target(soft, target, ignore_label is not None)
