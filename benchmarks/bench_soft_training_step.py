@@ -39,9 +39,12 @@ def plan_phantom(root: Path, quick: bool) -> Path:
         os.environ[f"nnUNet_{k}"] = str(root / k)
     raw = write_phantom_dataset(root / "raw", 970, dim=3, n_cases=6, shape=(32, 32, 32),
                                 radius_range=(5, 7), n_raters=3, seed=0)
-    subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "970", "-c",
-                    "3d_fullres", "-np", "1", "-npfp", "1"], check=True, capture_output=True,
-                   env=dict(os.environ, nnUNet_compile="false"))
+    env = dict(os.environ, nnUNet_compile="false")
+    env.pop("nnUNet_n_proc_DA", None)  # 0 (right for the timed steps) crashes nnU-Net's planner
+    proc = subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_plan_and_preprocess"), "-d", "970", "-c",
+                           "3d_fullres", "-np", "1", "-npfp", "1"], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"nnUNetv2_plan_and_preprocess failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return root / "preprocessed" / raw.name
 
 
