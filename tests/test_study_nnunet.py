@@ -140,8 +140,9 @@ def test_report_holds_evaluate_and_compare_numbers(study_run, tmp_path, monkeypa
         "mean |soft dV| inner (ml)": lambda s: s["mean"]["2"]["abs_dV_soft"],
         "NLL (case mean)": lambda s: s["calibration"]["per_case"]["NLL"]["mean"],
         "Brier (case mean)": lambda s: s["calibration"]["per_case"]["Brier"]["mean"],
-        "top-label ECE, 15 bins (case mean)": lambda s: s["calibration"]["per_case"]["ECE"]["mean"],
-        "top-label ECE, 15 bins (all voxels pooled)": lambda s: s["calibration"]["pooled"]["ECE"],
+        "top-label ECE, 15 bins (case mean)": lambda s: s["calibration"]["per_case"]["top_label_ECE"]["mean"],
+        "top-label ECE, 15 bins (all voxels pooled)": lambda s: s["calibration"]["pooled"]["top_label_ECE"],
+        "one-vs-rest ECE inner, 15 bins (case mean)": lambda s: s["mean"]["2"]["one_vs_rest_ECE"],
         "classwise ECE, 15 bins (all voxels pooled)": lambda s: s["calibration"]["pooled"]["classwise_ECE"],
         "best threshold inner (max mean Dice)": lambda s: s["threshold_sweep"]["per_class"]["2"]["best_threshold"],
     }
@@ -154,7 +155,8 @@ def test_report_holds_evaluate_and_compare_numbers(study_run, tmp_path, monkeypa
     paired = {(r["metric"], r["class"]): r for r in comparison["paired"]
               if r["model_a"] == TRAINERS[0] and r["model_b"] == TRAINERS[1]}
     for label, (metric, key) in {"Dice outer": ("Dice", "1"), "hard dV inner (ml)": ("dV", "2"),
-                                 "NLL (case mean)": ("NLL", "all")}.items():
+                                 "NLL (case mean)": ("NLL", "all"),
+                                 "top-label ECE, 15 bins (case mean)": ("top_label_ECE", "all")}.items():
         sig = rows[label]["significance"][TRAINERS[1]]
         for field in ("mean_diff", "ci_low", "ci_high", "p_bootstrap_holm", "p_wilcoxon_holm"):
             assert sig[field] == pytest.approx(paired[(metric, key)][field], rel=1e-12), (label, field)

@@ -77,7 +77,10 @@ def evaluate_trainer(study: Study, trainer: str, folds: List[str]) -> dict:
     from nnunet_losses.evaluation.compare import load_evaluation
     out = study.folder / "evaluation" / trainer
     stamp = study.folder / "evaluation" / f".{trainer}.inputs.json"
-    key = {"folds": folds, "files": _fingerprint(study, trainer, folds)}
+    # the metric names stand for the summary's schema: a package update that renames metrics re-evaluates
+    from nnunet_losses.evaluation.metrics import CALIBRATION_METRICS, EXTRA_METRICS
+    key = {"folds": folds, "files": _fingerprint(study, trainer, folds),
+           "schema": [list(EXTRA_METRICS), list(CALIBRATION_METRICS)]}
     if (out / "summary.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return load_evaluation(out)
     summary = evaluate(trainer_folder(study, trainer), out, folds=folds, name=trainer, overwrite=True,

@@ -56,10 +56,6 @@ def _best_threshold(field: str):
     return get
 
 
-def _is_regions(summary: dict) -> bool:
-    return summary.get("task", {}).get("type") == "regions"
-
-
 ROWS: List[Row] = [
     Row("mean Dice (over classes)", _mean_dice, False),
     Row("Dice {label}", _class_metric("Dice"), True, "Dice"),
@@ -71,11 +67,12 @@ ROWS: List[Row] = [
     Row("mean |soft dV| {label} ({unit})", _class_metric("abs_dV_soft"), True, "abs_dV_soft"),
     Row("NLL (case mean)", _case_calibration("NLL"), False, "NLL"),
     Row("Brier (case mean)", _case_calibration("Brier"), False, "Brier"),
-    Row("{toplabel} ECE, {bins} bins (case mean)", _case_calibration("ECE"), False, "ECE"),
-    Row("{toplabel} ECE, {bins} bins (all voxels pooled)", _pooled_calibration("ECE"), False),
+    Row("top-label ECE, {bins} bins (case mean)", _case_calibration("top_label_ECE"), False, "top_label_ECE"),
+    Row("top-label ECE, {bins} bins (all voxels pooled)", _pooled_calibration("top_label_ECE"), False),
     Row("classwise ECE, {bins} bins (case mean)", _case_calibration("classwise_ECE"), False, "classwise_ECE"),
     Row("classwise ECE, {bins} bins (all voxels pooled)", _pooled_calibration("classwise_ECE"), False),
-    Row("one-vs-rest ECE {label}, {bins} bins (case mean)", _class_metric("ECE"), True, "ECE"),
+    Row("one-vs-rest ECE {label}, {bins} bins (case mean)", _class_metric("one_vs_rest_ECE"), True,
+        "one_vs_rest_ECE"),
     Row("HD95 {label} (mm)", _class_metric("HD95"), True),
     Row("normalized surface Dice {label} ({tolerance} mm)", _class_metric("NSD"), True),
     Row("best threshold {label} (max mean Dice)", _best_threshold("best_threshold"), True, None, 2),
@@ -112,7 +109,6 @@ def main_table(summaries: Dict[str, dict], comparison: dict, baseline: str, labe
     keys = list(first["mean"].keys())
     n_bins = first.get("settings", {}).get("n_bins", "?")
     words = {"unit": first.get("volume_unit", "ml"), "bins": n_bins,
-             "toplabel": "region-mean one-vs-rest" if _is_regions(first) else "top-label",
              "tolerance": first.get("settings", {}).get("surface_tolerance_mm", "?")}
     alpha = comparison.get("alpha", 0.05)
     rows = []
