@@ -331,3 +331,26 @@ def test_fused_categorical_focal_gradcheck(gammas):
     w = torch.tensor([0.4, 0.6, 0.6], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda z: Fn.categorical_focal_nll_hard(z, onehot, w, gammas), (x,),
                                     eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("target_dtype", [torch.bool, torch.float32])
+def test_region_ce_is_the_mean_of_the_per_element_terms(dtype, target_dtype):
+    """Region CE without an ignore label takes torch's 'mean' reduction: the same value bit for bit, and the same
+    gradient to rounding, as masked_mean of sigmoid_binary_nll (the path with an ignore label)."""
+    from nnunet_losses import get_loss
+    g = torch.Generator().manual_seed(31)
+    x = (4 * torch.randn(2, 3, 5, 4, 3, generator=g, dtype=torch.float64)).to(dtype)
+    y = torch.rand(x.shape, generator=g) > 0.5
+    out = []
+    for fast in (True, False):
+        xx = x.clone().requires_grad_()
+        if fast:
+            v = get_loss("ce", region_based=True)(xx, y.to(target_dtype))
+        else:
+            v = Fn.masked_mean(Fn.sigmoid_binary_nll(xx, y.to(dtype)), None)
+        v.backward()
+        out.append((v.detach(), xx.grad))
+    assert torch.equal(out[0][0], out[1][0])
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=tol, atol=tol * 1e-3)

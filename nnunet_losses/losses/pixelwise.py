@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nnunet_losses import functional as Fn
@@ -47,6 +48,10 @@ class CrossEntropyLoss(SegmentationLoss):
     """
 
     def compute(self, batch: PreparedBatch) -> Tensor:
+        if batch.region_based and batch.mask is None:
+            # torch's own 'mean' reduction is this mean of the same per-element terms (the same value bit for bit,
+            # the gradient to rounding), without keeping the per-element map or a separate mean backward pass
+            return F.binary_cross_entropy_with_logits(batch.logits, batch.onehot)
         return Fn.masked_mean(voxel_focal_nll(batch), batch.mask)
 
 
