@@ -22,6 +22,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert len(demo.verdict(results)) == len(demo.DEFAULT_TRAINERS)
     assert (workdir / "demo_volume_bias.png").stat().st_size > 0
     assert json.loads((workdir / "demo_results.json").read_text())["experiments"][0]["p"] == 0.8
+    claim = exp["decision_claim"]["1"]  # Nordstrom's claim, paired over the same validation cases
+    assert claim["n_cases"] == 3 and claim["dice_optimal"]["vs_soft_dice_argmax"]["n"] <= 3
     with pytest.raises(FileExistsError):
         demo.run_demo(workdir, p_values=[0.8])
 

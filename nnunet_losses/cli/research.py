@@ -119,6 +119,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     for line in verdict(results):
         print(line)
+    from nnunet_losses.research.decision_claim import claim_markdown
+    for exp in results["experiments"]:
+        if "decision_claim" in exp:
+            print(f"\np = {exp['p']}: the CE model's decision rules vs the soft-Dice model's argmax (Dice, paired)")
+            print(claim_markdown(exp["decision_claim"]))
     print(f"\nplot: {results['plot']}\nresults: {Path(args.workdir).resolve() / 'demo_results.json'}\n"
           f"wall time: {results['wall_time_s'] / 60:.1f} min")
     return 0

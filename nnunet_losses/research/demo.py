@@ -11,7 +11,10 @@ For each inherent uncertainty p (default 0.2 and 0.8) the demo
 3. evaluates both trainers on nnU-Net's validation output (:mod:`nnunet_losses.evaluation`) and compares them
    (bootstrap + Wilcoxon, as in the paper's Table 1);
 4. prints the table -- CE (NLL), the soft Dice score (the paper's 1 - SD), soft volume error dV = V(pred) - V(ref) with its significance --
-   next to the theory's prediction for the same phantom, and saves a plot.
+   next to the theory's prediction for the same phantom, and saves a plot;
+5. with both default trainers, measures Nordstrom's claim: the CE model's Dice under each decision rule
+   (Dice-optimal, RankSEG-RMA, ...) against the soft-Dice model's argmax, paired per case
+   (:mod:`nnunet_losses.research.decision_claim`).
 
 The theory (the paper's Sect. 2.2, :mod:`nnunet_losses.research.theory`): the soft-Dice-optimal prediction in the uncertain
 sectors is 0 below the flip threshold (~0.44 for N = 4, mu = 1) and 1 above it, so soft Dice *under*-estimates
@@ -110,6 +113,7 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
     """Run the whole demo in ``workdir`` (created; must not exist yet) and return its results (also as JSON)."""
     from nnunet_losses.research import theory
     from nnunet_losses.evaluation import compare, evaluate
+    from nnunet_losses.research.decision_claim import decision_claim
     from nnunet_losses.research.phantom import load_sidecar, write_phantom_dataset
 
     workdir = Path(workdir).resolve()
@@ -147,6 +151,10 @@ def run_demo(workdir: str | Path, p_values: Sequence[float] = (0.2, 0.8), n_subr
             "p": p, "dataset_id": dataset_id, "comparison_folder": cmp["output_folder"], "n_cases": cmp["n_cases"],
             "volume_unit": cmp["volume_unit"], "theory": _theory_for(sidecar, cmp["cases"], p, n_subregions, mu),
             "trainers": _trainer_rows(cmp, trainers)})
+        if set(DEFAULT_TRAINERS) <= set(trainers):  # Nordstrom's claim: CE + a decision rule vs soft Dice's argmax
+            by_name = dict(zip(trainers, evaluations))
+            results["experiments"][-1]["decision_claim"] = decision_claim(
+                by_name["nnUNetTrainer_CEonly"], by_name["nnUNetTrainer_SoftDice"], n_boot=n_boot)
     results["wall_time_s"] = time.time() - started
     results["plot"] = str(plot_demo(results, workdir / "demo_volume_bias.png"))
     (workdir / "demo_results.json").write_text(json.dumps(results, indent=2, default=float))
