@@ -15,7 +15,8 @@ file ending) of every foreground class ``c``, with ``v`` the volume of a voxel (
 * soft Dice ``2 sum p y / (sum p + sum y)`` and the Dice of the segmentation ``2 sum [s = c] y / (sum [s = c] + sum y)``;
 * Brier score ``1/N sum_i sum_c (p_ic - y_ic)^2`` and NLL ``-1/N sum_i sum_c y_ic log max(p_ic, 1e-7)`` (all classes);
 * calibration against the reference probabilities: ``ECE_ref = sum_b n_b / N |mean_b p - mean_b y|`` over 10
-  equal-width bins of ``p_c``, and the mean ``|p - y|`` over the uncertain voxels ``0 < y < 1`` (NaN if none).
+  equal-width bins of ``p_c``; on the uncertain voxels ``0 < y < 1`` the mean ``|p - y|`` and the means of ``p``
+  and of ``y`` (NaN if there are none).
 """
 from __future__ import annotations
 
@@ -66,6 +67,17 @@ def reference_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = N_BI
     return float(gap.sum() / max(1, n.sum()))
 
 
+def uncertain_region_metrics(p: np.ndarray, y: np.ndarray) -> Dict[str, float]:
+    """On the uncertain voxels ``U = {0 < y < 1}``: ``mae_uncertain = mean_U |p - y|``, and the means
+    ``mean_p_uncertain``, ``mean_y_uncertain`` (calibration in the large there); NaN if ``U`` is empty."""
+    u = (y > 0) & (y < 1)
+    if not u.any():
+        return {"mae_uncertain": float("nan"), "mean_p_uncertain": float("nan"), "mean_y_uncertain": float("nan")}
+    pu, yu = p[u].astype(np.float64), y[u]
+    return {"mae_uncertain": float(np.mean(np.abs(pu - yu))), "mean_p_uncertain": float(pu.mean()),
+            "mean_y_uncertain": float(yu.mean())}
+
+
 def soft_reference_metrics(p: np.ndarray, seg: np.ndarray, y: np.ndarray, voxel: float) -> Dict[str, object]:
     """Every metric of the module docstring for one case: ``p``, ``y`` ``(C, *spatial)``, ``seg`` ``(*spatial)``."""
     if p.shape != y.shape or seg.shape != p.shape[1:]:
@@ -75,15 +87,13 @@ def soft_reference_metrics(p: np.ndarray, seg: np.ndarray, y: np.ndarray, voxel:
     for c in range(1, p.shape[0]):
         hard = (seg == c).astype(np.float64)
         v_ref = expected_volume(y[c], voxel)
-        uncertain = (y[c] > 0) & (y[c] < 1)
         per_class[str(c)] = {
             "expected_reference_volume": v_ref, "soft_volume": expected_volume(p[c], voxel),
             "hard_volume": expected_volume(hard, voxel),
             "dV_soft": expected_volume(p[c], voxel) - v_ref, "dV_hard": expected_volume(hard, voxel) - v_ref,
             "soft_dice": dice_against_soft(p[c], y[c]), "dice": dice_against_soft(hard, y[c]),
             "calibration_error": reference_calibration_error(p[c], y[c]),
-            "mae_uncertain": float(np.mean(np.abs(p[c][uncertain] - y[c][uncertain]))) if uncertain.any()
-            else float("nan")}
+            **uncertain_region_metrics(p[c], y[c])}
     out["classes"] = per_class
     return out
 

@@ -86,11 +86,13 @@ def evaluate_all(ws, raw: Path, out: Path, args) -> None:
     lines = [f"Mean over the {len(results['runs'][RUNS[0][1]]['per_case'])} validation cases of fold 0; expected "
              f"reference volume {v_ref:.4f} {unit}.", "",
              f"| training | dV soft ({unit}) | dV argmax ({unit}) | calibration error vs reference | "
-             f"mean abs(p - y), uncertain ring | soft Dice | Brier | NLL |", "|---|---|---|---|---|---|---|---|"]
+             f"mean p (mean y) on the uncertain ring | mean abs(p - y) there | soft Dice | Brier | NLL |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for trainer, r in results["runs"].items():
         m, c = r["mean"], r["mean"]["classes"]["1"]
         lines.append(f"| {r['label']} | {c['dV_soft']:+.4f} | {c['dV_hard']:+.4f} | {c['calibration_error']:.4f} | "
-                     f"{c['mae_uncertain']:.3f} | {c['soft_dice']:.3f} | {m['brier']:.4f} | {m['nll']:.4f} |")
+                     f"{c['mean_p_uncertain']:.3f} ({c['mean_y_uncertain']:.3f}) | {c['mae_uncertain']:.3f} | "
+                     f"{c['soft_dice']:.3f} | {m['brier']:.4f} | {m['nll']:.4f} |")
     (out / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

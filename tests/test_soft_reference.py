@@ -36,7 +36,9 @@ def loops(p, seg, y, voxel):
             "expected_reference_volume": voxel * sy, "soft_volume": voxel * sp, "hard_volume": voxel * sh,
             "dV_soft": voxel * (sp - sy), "dV_hard": voxel * (sh - sy), "soft_dice": 2 * inter_p / (sp + sy),
             "dice": 2 * inter_h / (sh + sy), "calibration_error": ece,
-            "mae_uncertain": sum(abs(pf[c, i] - yf[c, i]) for i in unc) / len(unc)}
+            "mae_uncertain": sum(abs(pf[c, i] - yf[c, i]) for i in unc) / len(unc),
+            "mean_p_uncertain": sum(pf[c, i] for i in unc) / len(unc),
+            "mean_y_uncertain": sum(yf[c, i] for i in unc) / len(unc)}
     return out
 
 
