@@ -222,7 +222,7 @@ def plot_demo(results: dict, path: Path) -> Path:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(exps)), [f"p = {e['p']}" for e in exps])
     ax.set_ylabel("soft volume error dV = V(pred) - V(ref) [ml]")
-    ax.set_title(f"Volume bias on phantoms with inherent uncertainty ({PAPER_SHORT})")
+    ax.set_title(f"Volume bias on phantoms with inherent uncertainty\n({PAPER_SHORT})", fontsize=10)
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
