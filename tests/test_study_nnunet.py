@@ -176,7 +176,10 @@ def test_ensemble_and_postprocessed_folders_in_the_report(study_run, tmp_path):
     run_cli(["nnUNetv2_find_best_configuration", "901", "-c", "3d_fullres", "-tr", *TRAINERS, "-p",
              "nnUNetPlansSmall", "-f", "0", "1", "-np", "1"], env=env, timeout=1800)
     ensemble = next(ws.results.glob("Dataset901_*/ensembles/ensemble___*"))
-    folders = {"ensemble": ensemble, "ensemble_postprocessed": ensemble / "postprocessed"}
+    # post-processing is determined for the best model or ensemble, whichever nnU-Net picked
+    info = json.loads(next(ws.results.glob("Dataset901_*/inference_information.json")).read_text())
+    postprocessed = Path(info["best_model_or_ensemble"]["postprocessing_file"]).parent / "postprocessed"
+    folders = {"ensemble": ensemble, "best_postprocessed": postprocessed}
     toml = study_run["toml"].read_text().replace(
         "[evaluation]", "[evaluation]\nextra_folders = { " + ", ".join(f'{k} = "{v}"' for k, v in folders.items())
         + " }")
