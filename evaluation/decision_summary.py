@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from nnunet_losses.evaluation.decisions import VOXEL_RULES, Cut, decision_metrics
-from nnunet_losses.evaluation.metrics import _dice, best_threshold, sweep_counts
+from nnunet_losses.evaluation.metrics import best_threshold_of_counts, sweep_counts
 
 THRESHOLD_RULES = ("fixed_T", "best_T_in_sample", "best_T_crossfit")
 RULES = ("argmax",) + THRESHOLD_RULES + VOXEL_RULES
@@ -45,19 +45,19 @@ def crossfit_groups(folds: Sequence):
     return [[i] for i in range(len(folds))], "leave one case out"
 
 
-def crossfit_thresholds(dice: np.ndarray, thresholds: Sequence[float], groups: List[List[int]]) -> np.ndarray:
-    """Per case, the threshold with the best mean Dice over the cases outside its group (NaN if undefined).
+def crossfit_thresholds(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, thresholds: Sequence[float],
+                        groups: List[List[int]]) -> np.ndarray:
+    """Per case, the best threshold of the cases outside its group (NaN if undefined), by the sweep's own rule
+    (:func:`~nnunet_losses.evaluation.metrics.best_threshold_of_counts`: highest mean Dice; fewest false positives
+    where those cases hold no reference voxel of the class).
 
-    ``dice``: ``(n_cases, n_thresholds)`` per-case Dice (NaN where undefined)."""
-    out = np.full(dice.shape[0], math.nan)
+    ``tp, fp, fn``: ``(n_cases, n_thresholds)`` voxel counts per case and threshold."""
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    out = np.full(tp.shape[0], math.nan)
     for g in groups:
-        train = np.ones(dice.shape[0], dtype=bool)
+        train = np.ones(tp.shape[0], dtype=bool)
         train[g] = False
-        d = dice[train]
-        n_def = (~np.isnan(d)).sum(0)
-        with np.errstate(invalid="ignore"):
-            mean = np.where(n_def > 0, np.nansum(d, 0) / np.maximum(n_def, 1), math.nan)
-        out[g] = best_threshold(thresholds, mean)["best_threshold"]
+        out[g] = best_threshold_of_counts(thresholds, tp[train], fp[train], fn[train])["best_threshold"]
     return out
 
 
@@ -99,8 +99,9 @@ def decisions_for_cases(stats_list, spec, thresholds: Sequence[float], per_case:
     crossfit = {}
     for key in spec.keys:
         counts = [sweep_counts(s, spec)[key] for s in stats_list]
-        dice = np.array([_dice(*c) for c in counts], dtype=np.float64).reshape(len(counts), len(thr))
-        crossfit[key] = crossfit_thresholds(dice, thr, groups)
+        tp, fp, fn = (np.array([c[j] for c in counts], dtype=np.float64).reshape(len(counts), len(thr))
+                      for j in range(3))
+        crossfit[key] = crossfit_thresholds(tp, fp, fn, thr, groups)
     in_sample = {k: float(sweep["per_class"][k]["best_threshold"]) for k in spec.keys}
     for i, (s, case, cuts) in enumerate(zip(stats_list, per_case, cuts_list)):
         chosen = {"fixed_T": {k: float(fixed_threshold) for k in spec.keys}, "best_T_in_sample": in_sample,

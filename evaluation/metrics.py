@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -214,19 +214,12 @@ def threshold_sweep(stats: Sequence[CaseStats], spec: TaskSpec, grid: BinGrid) -
         tp = np.array([pc[key][0] for pc in per_case]).reshape(len(per_case), len(thr))
         fp = np.array([pc[key][1] for pc in per_case]).reshape(len(per_case), len(thr))
         fn = np.array([pc[key][2] for pc in per_case]).reshape(len(per_case), len(thr))
-        dice_cases = _dice(tp, fp, fn)
-        n_def = (~np.isnan(dice_cases)).sum(0)
-        with np.errstate(invalid="ignore"):
-            dice_mean = np.where(n_def > 0, np.nansum(np.nan_to_num(dice_cases, nan=0.0), 0) / np.maximum(n_def, 1),
-                                 NAN)
+        dice_mean, n_def = mean_dice_over_cases(tp, fp, fn)
         TP, FP, FN = tp.sum(0), fp.sum(0), fn.sum(0)
         entry = {"Dice_mean": dice_mean.tolist(), "n_cases_defined": n_def.astype(int).tolist(),
                  "Dice_pooled": _dice(TP, FP, FN).tolist(), "precision": _ratio(TP, TP + FP).tolist(),
                  "recall": _ratio(TP, TP + FN).tolist(), "TP": TP.tolist(), "FP": FP.tolist(), "FN": FN.tolist()}
-        if (TP + FN).max(initial=0) == 0:  # no reference voxel of this class in any case
-            entry.update(best_threshold_without_reference(thr, FP, dice_mean))
-        else:
-            entry.update(best_threshold(thr, dice_mean))
+        entry.update(best_threshold_of_counts(thr, tp, fp, fn))
         result["per_class"][key] = entry
     overall = {}
     for m in ("Dice_mean", "Dice_pooled", "precision", "recall"):
@@ -239,6 +232,29 @@ def threshold_sweep(stats: Sequence[CaseStats], spec: TaskSpec, grid: BinGrid) -
     overall.update(best_threshold(thr, np.array(overall["Dice_mean"], dtype=np.float64)))
     result["overall"] = overall
     return result
+
+
+def mean_dice_over_cases(tp, fp, fn) -> Tuple[np.ndarray, np.ndarray]:
+    """Per threshold, the mean Dice over the cases where it is defined, and how many those are.
+
+    ``tp, fp, fn``: ``(n_cases, n_thresholds)`` voxel counts; a case with nothing predicted and nothing in the
+    reference has no Dice (NaN) and is left out of the mean."""
+    dice_cases = _dice(tp, fp, fn)
+    n_def = (~np.isnan(dice_cases)).sum(0)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(n_def > 0, np.nansum(np.nan_to_num(dice_cases, nan=0.0), 0) / np.maximum(n_def, 1), NAN)
+    return mean, n_def
+
+
+def best_threshold_of_counts(thresholds: Sequence[float], tp, fp, fn) -> dict:
+    """The best threshold of a set of cases from their ``(n_cases, n_thresholds)`` counts: the highest mean Dice
+    (:func:`best_threshold`), or -- no reference voxel in any of these cases -- the fewest false positives
+    (:func:`best_threshold_without_reference`). The one rule for the in-sample sweep and the cross-fitted choice."""
+    tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
+    dice_mean, _ = mean_dice_over_cases(tp, fp, fn)
+    if (tp + fn).sum() == 0:  # no reference voxel of this class in any of the cases
+        return best_threshold_without_reference(thresholds, fp.sum(0), dice_mean)
+    return best_threshold(thresholds, dice_mean)
 
 
 def _closest_to_half(thresholds: Sequence[float], candidates: Sequence[int]) -> int:

@@ -79,29 +79,53 @@ def test_evaluate_decisions_and_volume_equal_references(tmp_path, regions):
     assert (tmp_path / "out" / "decisions.csv").is_file() and (tmp_path / "out" / "bland_altman.png").is_file()
 
 
+def _counts_with_dice(dice: np.ndarray, n: int = 1000):
+    """Per-case (tp, fp, fn) counts whose Dice is ``dice`` (NaN: nothing predicted, nothing in the reference)."""
+    d = np.nan_to_num(dice, nan=0.0)
+    tp = np.round(n * d / (2 - d))  # 2tp / (2tp + fp) = d with fn = 0
+    fp = np.where(np.isnan(dice), 0.0, n - tp)
+    tp = np.where(np.isnan(dice), 0.0, tp)
+    return tp, fp, np.zeros_like(tp)
+
+
 def test_crossfit_never_uses_the_held_out_fold():
-    """Changing every Dice of fold 'b' (even to NaN) leaves fold b's threshold unchanged: it is chosen on a and c."""
+    """Changing every count of fold 'b' (even to 'undefined') leaves fold b's threshold unchanged: it is chosen on
+    a and c, as the best threshold of their mean Dice."""
+    from nnunet_losses.evaluation.metrics import mean_dice_over_cases
     rng = np.random.default_rng(0)
     thr = [0.1, 0.3, 0.5, 0.7, 0.9]
     folds = ["a"] * 4 + ["b"] * 3 + ["c"] * 5
     groups, scheme = crossfit_groups(folds)
     assert scheme == "other folds" and groups[1] == [4, 5, 6]
-    dice = rng.uniform(0, 1, (12, 5))
-    t = crossfit_thresholds(dice, thr, groups)
+    dice = rng.uniform(0.05, 1, (12, 5))
+    t = crossfit_thresholds(*_counts_with_dice(dice), thr, groups)
     for poison in (np.zeros((3, 5)), np.ones((3, 5)), np.full((3, 5), np.nan), rng.uniform(0, 1, (3, 5))):
         d2 = dice.copy()
         d2[4:7] = poison
-        t2 = crossfit_thresholds(d2, thr, groups)
+        t2 = crossfit_thresholds(*_counts_with_dice(d2), thr, groups)
         assert t2[4:7].tolist() == t[4:7].tolist()
-    # and it is the best threshold of the other folds' mean Dice
-    other = np.r_[dice[:4], dice[7:]].mean(0)
-    assert t[5] == thr[int(np.argmax(other))]
-    # the in-sample choice differs from a held-out fold's when that fold alone would pull it elsewhere
-    d3 = dice.copy()
-    d3[4:7] = 0
-    d3[4:7, 0] = 50.0  # absurd, but only the held-out fold favours T = 0.1
-    assert crossfit_thresholds(d3, thr, groups)[4] == t[4]
-    assert crossfit_thresholds(d3, thr, [[i] for i in range(12)])[0] == 0.1  # other folds' cases do see it
+    other = [np.r_[c[:4], c[7:]] for c in _counts_with_dice(dice)]
+    assert t[5] == thr[int(np.nanargmax(mean_dice_over_cases(*other)[0]))]
+    # the held-out fold alone would pull the choice to T = 0.1; leave-one-case-out (which sees it) does move
+    d3 = np.full((12, 5), 0.5)
+    d3[:, 2] = 0.6
+    d3[4:7] = 0.0
+    d3[4:7, 0] = 1.0
+    assert crossfit_thresholds(*_counts_with_dice(d3), thr, groups)[4] == 0.5
+    assert crossfit_thresholds(*_counts_with_dice(d3), thr, [[i] for i in range(12)])[0] == 0.1
+
+
+def test_crossfit_threshold_of_a_class_absent_from_the_other_folds_predicts_nothing():
+    """Where the other folds hold no reference voxel of a class, "highest Dice" would pick a threshold whose
+    Dice is 0 (false positives) over the ones with no Dice (the correct empty prediction): the cross-fitted
+    choice follows the sweep's rule instead -- the fewest false positives."""
+    thr = [0.1, 0.3, 0.5, 0.7, 0.9]
+    groups, _ = crossfit_groups(["a", "a", "b", "b"])
+    fp = np.array([[9, 5, 2, 0, 0], [7, 3, 1, 0, 0], [8, 4, 0, 0, 0], [6, 2, 1, 1, 0]], dtype=float)
+    zeros = np.zeros_like(fp)
+    t = crossfit_thresholds(zeros, fp, zeros, thr, groups)
+    # fold a is chosen on b (FP 14, 6, 1, 1, 0), fold b on a (16, 8, 3, 0, 0: a tie, closest to 0.5 wins)
+    assert t.tolist() == [0.9, 0.9, 0.7, 0.7]
 
 
 def test_single_fold_or_prediction_folder_is_leave_one_case_out():
