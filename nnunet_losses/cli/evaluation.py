@@ -41,6 +41,17 @@ def _add_input_args(p: argparse.ArgumentParser, references: bool) -> None:
     g.add_argument("-pfile", metavar="FILE", help="plans.json. Default: the one in the trainer/prediction folder")
 
 
+def _add_run_options(p: argparse.ArgumentParser, *, workers: bool, plots: bool, progress: bool) -> None:
+    """The options every evaluation subcommand shares: workers, overwriting, plots, progress bar."""
+    if workers:
+        p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes (cases in parallel). Default: 1")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    if plots:
+        p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    if progress:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _inputs(args) -> list:
     if args.i and args.d:
         raise UsageError("give either -i or -d/-c, not both")
@@ -148,7 +159,6 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("-o", required=True, metavar="FOLDER",
                    help="output folder (not inside nnU-Net's folders; created; existing files only replaced with "
                         "--overwrite)")
-    p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes (cases in parallel). Default: 1")
     p.add_argument("--bins", type=COUNT, default=DEFAULT_BINS, help="equal-width calibration bins (ECE, reliability). Default: 15")
     p.add_argument("--thresholds", type=OPEN_UNIT, nargs="+", default=list(DEFAULT_THRESHOLDS), metavar="T",
                    help="thresholds of the sweep (p > T). Default: 0.05 0.10 ... 0.95")
@@ -162,9 +172,7 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--name", help="model name in outputs and comparisons. Default: the trainer/prediction folder name")
     p.add_argument("--chill", action="store_true",
                    help="prediction folder only: evaluate the predicted cases even if some references have none")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p, workers=True, plots=True, progress=True)
     p.set_defaults(func=_cmd_evaluate, user_errors=_user_errors())
 
 
@@ -188,8 +196,7 @@ def _add_compare(subparsers) -> None:
     p.add_argument("--alpha", type=OPEN_UNIT, default=0.05, help="significance level (after Holm). Default: 0.05")
     p.add_argument("--common_cases", action="store_true",
                    help="compare on the cases common to all evaluations instead of refusing different case sets")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no_plots", action="store_true", help="skip the PNG plot")
+    _add_run_options(p, workers=False, plots=True, progress=False)
     p.set_defaults(func=_cmd_compare, user_errors=_user_errors())
 
 
@@ -216,9 +223,7 @@ def _add_threshold(subparsers) -> None:
     rule.add_argument("--rule", choices=("dice_optimal", "rankseg_rma", "volume_matched"),
                       help="a decision rule per class and case (docs/evaluation.md): Nordstrom's Dice-optimal "
                            "threshold, RankSEG-RMA, or the top round(sum p) voxels")
-    p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes. Default: 1")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p, workers=True, plots=False, progress=True)
     p.set_defaults(func=_cmd_threshold, user_errors=_user_errors())
 
 
@@ -240,10 +245,7 @@ def _add_calibrate(subparsers) -> None:
     p.add_argument("--per_label", type=COUNT, default=4000, metavar="N",
                    help="voxels sampled per reference label and case for the fit. Default: 4000")
     p.add_argument("--seed", type=SEED, default=0, help="sampling seed. Default: 0")
-    p.add_argument("-np", type=COUNT, default=1, metavar="N", help="worker processes. Default: 1")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p, workers=True, plots=True, progress=True)
     p.set_defaults(func=_cmd_calibrate, user_errors=_user_errors())
 
 
