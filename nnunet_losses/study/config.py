@@ -16,12 +16,7 @@
     kind = "local"                     # or "slurm"
     gpus = [0, 1]                      # local: one worker per GPU (CUDA_VISIBLE_DEVICES); none: one after another
 
-    [executor.slurm]
-    partition = "gpu"
-    time_min = 1440
-    gpus_per_node = 1
-    cpus_per_task = 8
-    mem_gb = 64
+    [executor.slurm]                   # partition, time_min, gpus_per_node, cpus_per_task, mem_gb: as in EXAMPLE
     setup = ["module load cuda"]       # shell lines run before each job
     [executor.slurm.sbatch]            # any other sbatch option, as written after "#SBATCH --"
     account = "abc"
