@@ -79,13 +79,11 @@ def decision_markdown(summary: dict, fmt) -> str:
 
 def bland_altman_plot(summary: dict, path: Path) -> None:
     """One panel per class: mean of (predicted, reference) volume vs their difference, soft and hard volume."""
-    from nnunet_losses.evaluation.plots import _grid, _plt
-    plt = _plt()
+    from nnunet_losses.evaluation.plots import panels, save_figure
     keys = list(summary["volume"])
-    rows, cols = _grid(max(len(keys), 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 4 * rows), squeeze=False)
+    fig, axes = panels(len(keys), 4.5, 4)
     unit = summary["volume_unit"]
-    for ax, key in zip(axes.ravel(), keys):
+    for ax, key in zip(axes, keys):
         ref = np.array([c["metrics"][key]["V_ref"] for c in summary["metric_per_case"]])
         for field, label, marker, stats in (("V_mean", "soft (Poisson-binomial mean)", "o", "bland_altman_soft"),
                                             ("V_pred", "hard (argmax)", "x", "bland_altman_hard")):
@@ -101,16 +99,11 @@ def bland_altman_plot(summary: dict, path: Path) -> None:
         ax.set(xlabel=f"(V_pred + V_ref) / 2 ({unit})", ylabel=f"V_pred - V_ref ({unit})",
                title=f"{_name(summary, key)}: coverage {summary['volume'][key]['coverage_95']:.2f}")
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(keys):]:
-        ax.axis("off")
-    fig.suptitle(f"Bland-Altman, {summary['name']} (lines: bias, bias +- 1.96 sd)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, f"Bland-Altman, {summary['name']} (lines: bias, bias +- 1.96 sd)")
 
 
 def dice_per_rule_plot(summary: dict, path: Path) -> None:
-    from nnunet_losses.evaluation.plots import _plt
+    from nnunet_losses.evaluation.plots import _plt, save_figure
     plt = _plt()
     mean = summary["decisions"]["mean"]
     keys = list(mean)
@@ -122,20 +115,16 @@ def dice_per_rule_plot(summary: dict, path: Path) -> None:
     ax.set_xticks(np.arange(len(RULES)) + 0.4 - width / 2, RULES, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="mean Dice over cases", ylim=(0, 1.02), title=f"Decision rules, {summary['name']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def distance_bands_plot(summary: dict, path: Path) -> None:
     """One panel per class: mean FP and FN volume per case in each band, inside to outside."""
-    from nnunet_losses.evaluation.plots import _grid, _plt
-    plt = _plt()
+    from nnunet_losses.evaluation.plots import panels, save_figure
     per = summary["bands"]["per_class"]
     keys = list(per)
-    rows, cols = _grid(max(len(keys), 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
-    for ax, key in zip(axes.ravel(), keys):
+    fig, axes = panels(len(keys), 5.5, 4)
+    for ax, key in zip(axes, keys):
         names = list(per[key])
         x = np.arange(len(names))
         ax.bar(x - 0.2, [per[key][b]["FN_volume_mean"] for b in names], 0.4, label="FN volume")
@@ -143,12 +132,7 @@ def distance_bands_plot(summary: dict, path: Path) -> None:
         ax.set_xticks(x, [f"{b} mm" for b in names], rotation=40, ha="right", fontsize=7)
         ax.set(ylabel=f"mean volume per case ({summary['volume_unit']})", title=_name(summary, key))
         ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(keys):]:
-        ax.axis("off")
-    fig.suptitle(f"Errors by distance from the reference surface, {summary['name']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, f"Errors by distance from the reference surface, {summary['name']}")
 
 
 def write_decisions(summary: dict, folder: Path, plots: bool) -> None:
