@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from timing import print_ratio_table, time_variants  # benchmarks/timing.py, beside this script
 
 
 def make_folder(root: Path, n_cases: int, shape) -> tuple:
@@ -67,20 +67,10 @@ def main() -> int:
                                                                       tolerance_mm=None),
         "ours + HD95/NSD (surface)": lambda: evaluate_label_maps(pred_dir, reference_folder=ref_dir),
     }
-    names = list(variants)
-    times = {k: [] for k in names}
-    for rep in range(a.reps):
-        for k in names[rep % len(names):] + names[:rep % len(names)]:
-            t = time.perf_counter()
-            variants[k]()
-            times[k].append(time.perf_counter() - t)
-    base = statistics.median(times[names[0]])
+    medians = time_variants(variants, a.reps)
     print(f"{a.cases} cases {tuple(a.shape)}, labels 1/2, nnU-Net -np {a.num_processes}, {a.reps} repetitions "
           f"(medians)")
-    print("| variant | time (s) | ratio to nnU-Net |\n|---|---|---|")
-    for k in names:
-        m = statistics.median(times[k])
-        print(f"| {k} | {m:.2f} | {m / base:.2f}x |")
+    print_ratio_table(medians, "nnU-Net")
     return 0
 
 

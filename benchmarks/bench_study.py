@@ -20,17 +20,12 @@ The ratios are against "by hand" measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _clock(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+from timing import print_ratio_table, time_variants  # benchmarks/timing.py, beside this script
 
 
 def main() -> int:
@@ -64,18 +59,10 @@ def main() -> int:
     variants = {"by hand (evaluate x trainers + compare)": by_hand, "study, cold": cold,
                 "study, warm (nothing changed)": lambda: run_study(study, progress=False),
                 "study status": lambda: study_status(study)}
-    times = {k: [] for k in variants}
-    names = list(variants)
-    for rep in range(a.reps):
-        for k in names[rep % len(names):] + names[:rep % len(names)]:
-            times[k].append(_clock(variants[k]))
-    base = statistics.median(times[names[0]])
+    medians = time_variants(variants, a.reps)
     print(f"study {a.study}: {len(study.trainers)} trainers x {len(folds)} folds, "
           f"{study.n_boot} bootstrap resamples, {a.reps} repetitions (medians)")
-    print("| variant | time (s) | ratio to by hand |\n|---|---|---|")
-    for k in names:
-        m = statistics.median(times[k])
-        print(f"| {k} | {m:.2f} | {m / base:.2f}x |")
+    print_ratio_table(medians, "by hand")
     return 0
 
 
