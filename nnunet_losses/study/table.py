@@ -56,6 +56,26 @@ def _best_threshold(field: str):
     return get
 
 
+def _decision_rule(rule: str, field: str):
+    def get(summary: dict, key: Optional[str]) -> Optional[float]:
+        return summary.get("decisions", {}).get("mean", {}).get(key, {}).get(rule, {}).get(field)
+    return get
+
+
+def _volume(path: str):
+    """``summary["volume"][key]`` field, ``"a.b"`` for a nested one (Bland-Altman statistics)."""
+    def get(summary: dict, key: Optional[str]) -> Optional[float]:
+        v = summary.get("volume", {}).get(key, {})
+        for part in path.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        return v
+    return get
+
+
+#: the decision rules of ``evaluate`` shown in the table (argmax is the plain Dice row), with compare's metric
+DECISION_ROWS = {"best_T_crossfit": "cross-fitted best threshold", "dice_optimal": "Dice-optimal (Nordström)",
+                 "rankseg_rma": "RankSEG-RMA", "volume_matched": "volume-matched (top round(sum p) voxels)"}
+
 ROWS: List[Row] = [
     Row("mean Dice (over classes)", _mean_dice, False),
     Row("Dice {label}", _class_metric("Dice"), True, "Dice"),
@@ -75,8 +95,19 @@ ROWS: List[Row] = [
         "one_vs_rest_ECE"),
     Row("HD95 {label} (mm)", _class_metric("HD95"), True),
     Row("normalized surface Dice {label} ({tolerance} mm)", _class_metric("NSD"), True),
-    Row("best threshold {label} (max mean Dice)", _best_threshold("best_threshold"), True, None, 2),
-    Row("Dice {label} at the best threshold", _best_threshold("best_Dice_mean"), True),
+    Row("best threshold {label} (max mean Dice, in-sample: optimistic)", _best_threshold("best_threshold"), True,
+        None, 2),
+    Row("Dice {label} at the best threshold (in-sample: optimistic)", _best_threshold("best_Dice_mean"), True),
+    *(Row(f"Dice {{label}}, {name}", _decision_rule(rule, "Dice"), True, f"Dice[{rule}]")
+      for rule, name in DECISION_ROWS.items()),
+    Row("mean |hard dV| {label}, volume-matched ({unit})", _decision_rule("volume_matched", "abs_dV"), True,
+        "abs_dV[volume_matched]"),
+    Row("volume 95% interval coverage {label} (calibrated: 0.95)", _volume("coverage_95"), True, None, 3),
+    Row("volume CRPS {label} (case mean, {unit})", _volume("CRPS_mean"), True),
+    Row("Bland-Altman bias, soft volume {label} ({unit})", _volume("bland_altman_soft.bias"), True),
+    Row("Bland-Altman 95% limits, soft volume {label} ({unit}), low", _volume("bland_altman_soft.loa_low"), True),
+    Row("Bland-Altman 95% limits, soft volume {label} ({unit}), high", _volume("bland_altman_soft.loa_high"),
+        True),
 ]
 
 
