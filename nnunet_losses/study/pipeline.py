@@ -3,23 +3,18 @@ compare them (baseline first, every pair), and write the report -- with one prog
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from nnunet_losses.evaluation.safety import exported_nnunet_folders
 from nnunet_losses.study.config import Study, StudyError
 from nnunet_losses.study.runs import RunStatus, study_status, trainer_folder
 
 
-def _nnunet_folders() -> List[Path]:
-    return [Path(os.environ[k]).resolve() for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-            if os.environ.get(k)]
-
-
 def prepare_folder(study: Study) -> None:
     """The study's folder holds only what the study writes; never inside nnU-Net's folders."""
-    for f in _nnunet_folders():
+    for f in exported_nnunet_folders():
         if study.folder == f or f in study.folder.parents or study.folder in f.parents:
             raise StudyError(f"{study.folder}: the study folder must not be inside (or around) {f}, which belongs to "
                              f"nnU-Net; set output in the study file to a folder elsewhere")
