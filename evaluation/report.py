@@ -92,7 +92,7 @@ def summary_markdown(summary: dict) -> str:
     for k, e in list(sw["per_class"].items()) + [("overall", sw["overall"])]:
         at05 = number(e["Dice_mean"][i05]) if i05 is not None else "-"
         lines.append(f"| {k} | {number(e['best_threshold'])} | {number(e['best_Dice_mean'])} | {at05} |")
-    lines += ["", f"Rule: {sw['rule']}.", "", "## Dice / Jaccard (seed 002)", ""]
+    lines += ["", f"Rule: {sw['rule']}.", "", "## Dice / Jaccard (Bertels et al. 2019)", ""]
     for k, e in summary["dice_jaccard"].items():
         if e.get("n_cases"):
             lines.append(f"* class {k}: max |J - D/(2-D)| = {number(e['max_abs_error_J_vs_D_over_2_minus_D'])}, "

@@ -4,9 +4,10 @@
   ``numpy.random.default_rng``) and reports the mean, the percentile confidence interval of the mean and the
   two-sided bootstrap p-value of "mean = 0": ``min(1, 2 min(P*(m <= 0), P*(m >= 0)))`` with the ``(1 + #) /
   (n_boot + 1)`` correction, so ``p < alpha`` exactly when the percentile interval at level ``1 - alpha``
-  excludes 0 (up to the +1). This is the pairwise non-parametric bootstrap test of seed 001/002's tables. It is
-  floored at ``2^(1-n)``: with all ``n`` differences of one sign every resample has a mean of that sign and the
-  raw bootstrap p would be ~0 even for n = 2; no exact test on n paired cases goes below ``2^(1-n)``.
+  excludes 0 (up to the +1). This is the pairwise non-parametric bootstrap test of the tables of Bertels et al.
+  2020 and 2019. It is floored at ``2^(1-n)``: with all ``n`` differences of one sign every resample has a mean
+  of that sign and the raw bootstrap p would be ~0 even for n = 2; no exact test on n paired cases goes below
+  ``2^(1-n)``.
 * :func:`wilcoxon` is ``scipy.stats.wilcoxon`` (two-sided, zero differences dropped as Wilcoxon did); all-zero
   differences give p = 1.
 * :func:`holm` adjusts a family of p-values (Holm-Bonferroni step-down, monotone, capped at 1); NaN entries

@@ -71,7 +71,7 @@ class Variant:
 @dataclass
 class SourceCase:
     """One case of the download: where its images (one file per channel, or one RGB file) and label live (not an
-    evaluated case, which is ``nnunet_losses.evaluation.cases.Case``)."""
+    evaluated case, which is ``nnunet_losses.evaluation.cases.CaseFiles``)."""
     case_id: str
     images: Tuple[Path, ...]
     label: object = None  # a Path, a tuple of Paths (DSB's per-nucleus masks) or None for unlabelled cases

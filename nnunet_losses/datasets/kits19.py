@@ -1,7 +1,7 @@
 """KiTS19 (github.com/neheller/kits19: data/case_XXXXX/{imaging,segmentation}.nii.gz; labels 0/1 kidney/2 tumour).
 
 Default task: kidney (1) and tumour (2) as plain labels, as nnU-Net's own KiTS19 entry (v1 ``Task040_KiTS``: CT
-channel, labels copied unchanged) and the DSC++ paper (seed 003). Binary tasks: ``kidney`` (kidney including
+channel, labels copied unchanged) and the DSC++ paper (Yeung et al. 2022). Binary tasks: ``kidney`` (kidney including
 tumour, labels 1 and 2: KiTS19's "kidney and tumour" composite) and ``tumour`` (label 2). Cases without a
 segmentation (the 90 test cases 210-299) go to imagesTs. ``exclude_flawed`` leaves out the six cases 15, 23, 37,
 68, 125 and 133 that nnU-Net's KiTS19 submission and the DSC++ paper exclude for label problems.
