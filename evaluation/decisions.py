@@ -245,16 +245,7 @@ def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray
     R = hist.resolution
     if int(bounds.k[0]) == 0:
         return {r: EMPTY for r in rules}
-    targets = {}
-    for r in rules:
-        if r == "dice_optimal":
-            targets[r] = ("ratio", P) if P > 0 else None
-        elif r == "rankseg_rma":
-            targets[r] = ("ratio", P + 1.0) if _max_above_half(p, valid, bounds, R) else None
-        elif r == "volume_matched":
-            targets[r] = ("count", int(math.floor(P + 0.5)))
-        else:
-            raise ValueError(f"unknown decision rule {r!r}; known: {list(VOXEL_RULES)}")
+    targets = {r: _target(r, P, p, valid, bounds, R) for r in rules}
     used = [t for t in targets.values() if t is not None]
     if not used:
         return {r: EMPTY for r in rules}
@@ -283,18 +274,34 @@ def channel_cuts(p: np.ndarray, positive: np.ndarray, valid: Optional[np.ndarray
         t = targets[r]
         if t is None:
             out[r] = EMPTY
-            continue
-        if t[0] == "count":
-            i = t[1] - base_k
         else:
-            h = np.where(ks > 0, 2.0 * sums / (t[1] + ks), 0.0)
-            top = np.flatnonzero(h == h.max())
-            i = int(top[-1] if r == "dice_optimal" else top[0])
-            if r == "dice_optimal":  # p >= D*/2 keeps every voxel equal to the last one kept
-                while 0 < i < len(vals) and vals[i] == vals[i - 1]:
-                    i += 1
-        out[r] = _cut_at(i, ks, tps, vals, above_min, b_hi, p, valid, R)
+            out[r] = _cut_at(_cut_index(r, t, ks, sums, vals, base_k), ks, tps, vals, above_min, b_hi, p, valid, R)
     return out
+
+
+def _target(rule: str, P: float, p, valid, bounds: _Boundaries, R: int):
+    """What ``rule`` maximises or matches: ``("ratio", c)`` for the largest ``2 S_k / (c + k)`` over the top-k
+    sums ``S_k``, ``("count", k)`` for the top k voxels, or None when the rule predicts nothing."""
+    if rule == "dice_optimal":
+        return ("ratio", P) if P > 0 else None
+    if rule == "rankseg_rma":
+        return ("ratio", P + 1.0) if _max_above_half(p, valid, bounds, R) else None
+    if rule == "volume_matched":
+        return ("count", int(math.floor(P + 0.5)))
+    raise ValueError(f"unknown decision rule {rule!r}; known: {list(VOXEL_RULES)}")
+
+
+def _cut_index(rule: str, target, ks, sums, vals, base_k: int) -> int:
+    """Index into the bracket's descending ``vals`` of the cut of ``rule`` (voxels kept: ``base_k + i``)."""
+    if target[0] == "count":
+        return target[1] - base_k
+    h = np.where(ks > 0, 2.0 * sums / (target[1] + ks), 0.0)
+    top = np.flatnonzero(h == h.max())
+    i = int(top[-1] if rule == "dice_optimal" else top[0])
+    if rule == "dice_optimal":  # p >= D*/2 keeps every voxel equal to the last one kept
+        while 0 < i < len(vals) and vals[i] == vals[i - 1]:
+            i += 1
+    return i
 
 
 def _max_above_half(p, valid, bounds: _Boundaries, R: int) -> bool:
