@@ -94,6 +94,21 @@ def _copy_descriptions(source: Source, folder: Path) -> None:
         write_json(source.plans, folder / "plans.json", sort_keys=False)
 
 
+def _crossfit_calibrated(source: Source, maps: List[CalibrationMap], groups: List[List[int]], method: str,
+                         folder: Path, progress: bool) -> Source:
+    """Write every case calibrated by the map of its group (fitted on the other groups) into ``folder``."""
+    from tqdm import tqdm
+    folder.mkdir()
+    _copy_descriptions(source, folder)
+    group_of = {i: gi for gi, g in enumerate(groups) for i in g}
+    cases = [_write_calibrated(c, maps[group_of[i]], folder)
+             for i, c in enumerate(tqdm(source.cases, disable=not progress, desc="calibrating", unit="case",
+                                        file=sys.stderr))]
+    return Source(cases, source.dataset_json, source.plans, source.spec, source.reader_writer_class,
+                  name=f"{source.name} + {method} scaling", description=dict(source.description),
+                  protected=source.protected)
+
+
 def calibrate(inputs, output_folder, *, method: str = "temperature", reference_folder=None,
               folds: Optional[Sequence] = None, dataset_json=None, plans=None, per_label: int = DEFAULT_PER_LABEL,
               lam: float = ODIR_LAMBDA, seed: int = 0, num_processes: int = 1, overwrite: bool = False,
@@ -102,7 +117,6 @@ def calibrate(inputs, output_folder, *, method: str = "temperature", reference_f
     from nnunet_losses.evaluation.evaluate import build_summary, reduce_cases
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination, write_json
     from nnunet_losses.evaluation.report import write_evaluation
-    from tqdm import tqdm
     if method not in METHODS:
         raise EvaluationError(f"unknown calibration method {method!r}; choose one of {list(METHODS)}")
     if per_label < 1:
@@ -121,19 +135,9 @@ def calibrate(inputs, output_folder, *, method: str = "temperature", reference_f
     maps = fit_crossfitted(method, samples, groups, spec, lam)
     final = fit_calibration(method, VoxelSamples.concat(samples), spec, lam)
     fit_seconds = time.perf_counter() - t0
-    group_of = {i: gi for gi, g in enumerate(groups) for i in g}
     before = build_summary(source, results, grid, eps)
     with AtomicFolder(dest) as tmp:
-        cal_dir = tmp / "calibrated"
-        cal_dir.mkdir()
-        _copy_descriptions(source, cal_dir)
-        cases = []
-        for i, c in enumerate(tqdm(source.cases, disable=not progress, desc="calibrating", unit="case",
-                                   file=sys.stderr)):
-            cases.append(_write_calibrated(c, maps[group_of[i]], cal_dir))
-        after_source = Source(cases, source.dataset_json, source.plans, spec, source.reader_writer_class,
-                              name=f"{source.name} + {method} scaling", description=dict(source.description),
-                              protected=source.protected)
+        after_source = _crossfit_calibrated(source, maps, groups, method, tmp / "calibrated", progress)
         after = build_summary(after_source, reduce_cases(after_source, grid, eps, num_processes, progress), grid, eps)
         (tmp / "before").mkdir()
         (tmp / "after").mkdir()
