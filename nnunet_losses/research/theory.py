@@ -327,6 +327,23 @@ def _draw_schematic(ax, n: int):
     ax.set_title(f"N = {n}", fontsize=9)
 
 
+def _draw_bias_panel(ax, n: int, mu_values: Sequence[float], colors: Sequence[str], p_axis: np.ndarray) -> None:
+    """Fig. 1's last column for N = ``n``: the SD optimum's volume bias μ(p̂* − p) (solid) and p̂* − p (dashed)
+    against p, one colour per μ; the light red band spans [p_flip(N, max μ), 1/2]."""
+    flip_max = flip_threshold(n, max(mu_values), tol=1e-6)
+    if flip_max < 0.5 - 1e-6:
+        ax.axvspan(flip_max, 0.5, color="tab:red", alpha=0.15, lw=0)
+    ax.axhline(0, color="0.6", lw=0.8)
+    lim = 0.0
+    for mu, color in zip(mu_values, colors):
+        p_opt = np.asarray(optimal_p_hat_soft_dice(p_axis, n, mu))
+        ax.plot(p_axis, mu * (p_opt - p_axis), color=color, lw=1.4, label=f"ΔV, μ = {mu:g}")
+        ax.plot(p_axis, p_opt - p_axis, color=color, lw=1.0, ls="--")
+        lim = max(lim, 1.1 * float(np.max(np.abs(mu * (p_opt - p_axis)))))
+    ax.set_ylim(-lim, lim), ax.set_xlim(0, 1)
+    ax.set_xlabel("p", fontsize=8), ax.tick_params(labelsize=7)
+
+
 def plot_figure1(path, n_values: Sequence[int] = FIG1_N, mu_values: Sequence[float] = FIG1_MU,
                  p_values: Sequence[float] = FIG1_P, n_p: int = 201, dpi: int = 80) -> Path:
     """Draw Fig. 1 of Bertels et al. 2020 to a PNG at ``path`` (matplotlib, Agg) and return the path.
@@ -365,22 +382,10 @@ def plot_figure1(path, n_values: Sequence[int] = FIG1_N, mu_values: Sequence[flo
             ax.set_xlabel("p̂", fontsize=8), ax.tick_params(labelsize=7)
             if c == 1:
                 ax.set_ylabel("E[SD]", fontsize=8)
-        ax = axes[r, -1]
-        flip_max = flip_threshold(n, max(mu_values), tol=1e-6)
-        if flip_max < 0.5 - 1e-6:
-            ax.axvspan(flip_max, 0.5, color="tab:red", alpha=0.15, lw=0)
-        ax.axhline(0, color="0.6", lw=0.8)
-        lim = 0.0
-        for mu, color in zip(mu_values, colors):
-            p_opt = np.asarray(optimal_p_hat_soft_dice(p_axis, n, mu))
-            ax.plot(p_axis, mu * (p_opt - p_axis), color=color, lw=1.4, label=f"ΔV, μ = {mu:g}")
-            ax.plot(p_axis, p_opt - p_axis, color=color, lw=1.0, ls="--")
-            lim = max(lim, 1.1 * float(np.max(np.abs(mu * (p_opt - p_axis)))))
-        ax.set_ylim(-lim, lim), ax.set_xlim(0, 1)
-        ax.set_title(f"{row}{len(mu_values) + 1}: ΔV (—), p̂*−p (--)", fontsize=9)
-        ax.set_xlabel("p", fontsize=8), ax.tick_params(labelsize=7)
+        _draw_bias_panel(axes[r, -1], n, mu_values, colors, p_axis)
+        axes[r, -1].set_title(f"{row}{len(mu_values) + 1}: ΔV (—), p̂*−p (--)", fontsize=9)
         if r == 0:
-            ax.legend(fontsize=6, loc="upper left", frameon=False)
+            axes[r, -1].legend(fontsize=6, loc="upper left", frameon=False)
     fig.suptitle(f"{PAPER_SHORT}, Fig. 1, exact: soft-Dice-optimal p̂ and its volume bias (CE: p̂ = p, ΔV = 0)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
