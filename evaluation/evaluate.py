@@ -206,7 +206,8 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     from nnunet_losses.evaluation.labelmaps import evaluate_label_maps, is_label_map_folder
-    if is_label_map_folder(inputs, dataset_json):  # no probabilities: hard and surface metrics only
+    # no probabilities: hard and surface metrics only; no references (a test set): the per-case volumes
+    if is_label_map_folder(inputs, dataset_json, reference_folder):
         return evaluate_label_maps(inputs[0], output_folder, reference_folder=reference_folder,
                                    dataset_json=dataset_json, plans=plans, chill=chill, overwrite=overwrite,
                                    progress=progress, name=name)

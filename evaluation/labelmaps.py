@@ -24,13 +24,14 @@ from nnunet_losses.evaluation.surface import DEFAULT_TOLERANCE_MM, surface_metri
 OUTPUT_FILES = ("summary.json", "per_case.csv")
 
 
-def is_label_map_folder(inputs, dataset_json=None) -> bool:
-    """One folder holding segmentations (dataset.json's file ending) and no ``.npz`` probabilities."""
+def is_label_map_folder(inputs, dataset_json=None, reference_folder=None) -> bool:
+    """One folder holding segmentations (dataset.json's file ending), and no ``.npz`` probabilities -- or
+    probabilities but no reference folder (a test set: the per-case volume report, soft where npz exist)."""
     if len(inputs) != 1 or not Path(inputs[0]).is_dir():
         return False
     folder = Path(inputs[0])
     dj = Path(dataset_json) if dataset_json else folder / "dataset.json"
-    if not dj.is_file() or any(folder.glob("*.npz")):
+    if not dj.is_file() or (reference_folder is not None and any(folder.glob("*.npz"))):
         return False
     import json
     ending = json.loads(dj.read_text()).get("file_ending", "")
@@ -68,7 +69,30 @@ def _read(rw, path: Path):
     return labels, props
 
 
-def _case(path: Path, ref_path: Optional[Path], spec: TaskSpec, rw, tolerance_mm: Optional[float]) -> dict:
+def soft_volumes(npz: Path, spec: TaskSpec, shape, voxel_vol: float) -> Dict[str, dict]:
+    """Per class, the Poisson-binomial volume of a case's saved probabilities (``V_mean`` = sum p * v, ``V_sd``,
+    95 % interval; :func:`.volume.volume_distribution`), after the checks ``evaluate`` makes on them."""
+    from nnunet_losses.evaluation.cases import load_probabilities
+    from nnunet_losses.evaluation.probabilities import check_range, check_sums_to_one, sum_tolerance
+    from nnunet_losses.evaluation.volume import volume_distribution
+    p = load_probabilities(npz)
+    if p.shape[0] != spec.n_channels or tuple(p.shape[1:]) != tuple(shape):
+        raise EvaluationError(f"{npz}: probabilities of shape {p.shape} do not fit the segmentation {tuple(shape)} "
+                              f"with {spec.n_channels} channels")
+    tol = sum_tolerance(p.dtype, spec.n_channels)
+    if check_range(p, str(npz), tol):
+        p = np.clip(p, 0.0, 1.0)
+    if not spec.has_regions:
+        check_sums_to_one(p, str(npz), tol)
+    out = {}
+    for key, ch in zip(spec.keys, spec.class_channels):
+        c = p[ch].astype(np.float64, copy=False)
+        out[key] = volume_distribution(c.sum(), np.square(c).sum(), voxel_vol)
+    return out
+
+
+def _case(path: Path, ref_path: Optional[Path], spec: TaskSpec, rw, tolerance_mm: Optional[float],
+          file_ending: str) -> dict:
     pred, props = _read(rw, path)
     spacing = [float(s) for s in props.get("spacing", [1.0] * pred.ndim)]
     vv, unit, _ = voxel_volume(spacing, pred.shape)
@@ -78,6 +102,10 @@ def _case(path: Path, ref_path: Optional[Path], spec: TaskSpec, rw, tolerance_mm
         labels = np.clip(pred.astype(np.int64), 0, spec.n_label_values - 1)
         row["metrics"] = {k: {"V_pred": int(spec.membership(cls)[labels].sum()) * vv}
                           for k, cls in zip(spec.keys, spec.classes)}
+        npz = path.parent / f"{path.name[:-len(file_ending)]}.npz"
+        if npz.is_file():
+            for key, volume in soft_volumes(npz, spec, pred.shape, vv).items():
+                row["metrics"][key].update(volume)
         return row
     ref, _ = load_reference(ref_path, rw)
     if ref.shape != pred.shape:
@@ -113,7 +141,7 @@ def evaluate_label_maps(folder, output_folder=None, *, reference_folder=None, da
     rw = _reader_writer(dj, pl, folder / f"{names[0]}{fe}")()
     rows: List[dict] = []
     for c in tqdm(names, disable=not progress, desc=f"evaluating {folder.name}", unit="case"):
-        rows.append(_case(folder / f"{c}{fe}", ref / f"{c}{fe}" if ref else None, spec, rw, tolerance_mm))
+        rows.append(_case(folder / f"{c}{fe}", ref / f"{c}{fe}" if ref else None, spec, rw, tolerance_mm, fe))
         rows[-1]["case"] = c
     units = {r.pop("unit") for r in rows}
     summary = {"metric_per_case": rows, "volume_unit": units.pop() if len(units) == 1 else "mixed",

@@ -131,13 +131,15 @@ def means(metric_per_case: List[dict], keys: Sequence[str]):
     for k in keys:
         rows = [c["metrics"][k] for c in metric_per_case if k in c["metrics"]]
         mean[k], counts[k] = {}, {}
-        for m in (rows[0].keys() if rows else ()):
-            vals = np.array([r[m] for r in rows], dtype=np.float64)
+        # a metric some cases lack (the soft volume of a test-set case without npz) is averaged over the cases
+        # that have it: absent, not zero
+        for m in dict.fromkeys(m for r in rows for m in r):
+            vals = np.array([r[m] for r in rows if m in r], dtype=np.float64)
             ok = ~np.isnan(vals)
             mean[k][m] = float(vals[ok].mean()) if ok.any() else NAN
             counts[k][m] = int((~ok).sum())
-    metric_names = list(next(iter(mean.values())).keys()) if mean else []
-    fg = {m: float(np.mean([mean[k][m] for k in keys])) for m in metric_names}
+    metric_names = dict.fromkeys(m for k in keys for m in mean[k])
+    fg = {m: float(np.mean([mean[k][m] for k in keys if m in mean[k]])) for m in metric_names}
     return mean, fg, counts
 
 

@@ -89,3 +89,37 @@ def test_cli_on_a_label_map_folder(folders, tmp_path):
     assert "3 cases of postprocessed (label maps, no probabilities): foreground mean Dice" in out and "HD95" in out
     s = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert f"{s['foreground_mean']['Dice']:.4f}" in out
+
+
+def test_test_set_with_probabilities_and_no_references_gives_soft_volumes(folders):
+    """nnUNetv2_predict --save_probabilities output without references: per case the hard volume and, where the
+    npz exists, the Poisson-binomial volume of the saved probabilities (mean sum p * v, sd sqrt(sum p(1-p)) * v),
+    from an independent numpy computation; a case without npz keeps the hard volume alone."""
+    from nnunet_losses.evaluation import EvaluationError, evaluate
+    pred_dir, _, cases = folders
+    rng = np.random.default_rng(5)
+    probs = {}
+    for name in ("case0", "case1"):
+        logits = rng.normal(size=(3, *cases[name][0].shape))
+        p = np.exp(logits) / np.exp(logits).sum(0)
+        np.savez_compressed(pred_dir / f"{name}.npz", probabilities=p.astype(np.float32))
+        probs[name] = p.astype(np.float32).astype(np.float64)
+    s = evaluate(pred_dir)
+    assert s["source"]["mode"] == "label_maps_without_references"
+    ml = float(np.prod(ARRAY_SPACING)) / 1000
+    by_case = {c["case"]: c["metrics"] for c in s["metric_per_case"]}
+    for name, p in probs.items():
+        for label in (1, 2):
+            m = by_case[name][str(label)]
+            assert m["V_pred"] == pytest.approx((cases[name][0] == label).sum() * ml)
+            assert m["V_mean"] == pytest.approx(p[label].sum() * ml, rel=1e-9)
+            assert m["V_sd"] == pytest.approx(np.sqrt((p[label] * (1 - p[label])).sum()) * ml, rel=1e-9)
+            assert m["V_low"] == pytest.approx(m["V_mean"] - 1.959963984540054 * m["V_sd"], rel=1e-9)
+    assert set(by_case["case2"]["1"]) == {"V_pred"}
+    assert s["mean"]["1"]["V_mean"] == pytest.approx(np.mean([p[1].sum() * ml for p in probs.values()]), rel=1e-9)
+    from conftest import run_cli
+    out = run_cli(["nnunet-losses", "evaluate", "-i", pred_dir, "--quiet"]).stdout
+    assert "3 cases of postprocessed (no references): predicted volumes, hard, soft (Poisson-binomial)" in out
+    np.savez_compressed(pred_dir / "case2.npz", probabilities=np.full((3, *cases["case2"][0].shape), 0.5 / 3))
+    with pytest.raises(EvaluationError, match="do not sum to 1"):
+        evaluate(pred_dir)

@@ -81,9 +81,13 @@ def _cmd_evaluate(args) -> int:
                  name=args.name, fixed_threshold=args.fixed_threshold, bands=args.bands)
     if "calibration" not in s:  # label maps without probabilities: hard and surface metrics only
         fg = s["foreground_mean"]
-        what = (f"foreground mean Dice {_fmt(fg['Dice'])}, dV {_fmt(fg['dV'])} {s['volume_unit']}, HD95 "
-                f"{_fmt(fg['HD95'])} mm, NSD {_fmt(fg['NSD'])}" if "Dice" in fg else "predicted volumes (no references)")
-        print(f"{s['n_cases']} cases of {s['name']} (label maps, no probabilities): {what}")
+        if "Dice" in fg:
+            what = (f"(label maps, no probabilities): foreground mean Dice {_fmt(fg['Dice'])}, dV {_fmt(fg['dV'])} "
+                    f"{s['volume_unit']}, HD95 {_fmt(fg['HD95'])} mm, NSD {_fmt(fg['NSD'])}")
+        else:
+            soft = ", soft (Poisson-binomial) where npz exist" if "V_mean" in fg else ""
+            what = f"(no references): predicted volumes, hard{soft}"
+        print(f"{s['n_cases']} cases of {s['name']} {what}")
         print(f"written to {s.get('output_folder', '(not written: no -o)')}")
         return 0
     cal = s["calibration"]["pooled"]
