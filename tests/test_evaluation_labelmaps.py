@@ -91,7 +91,7 @@ def test_cli_on_a_label_map_folder(folders, tmp_path):
     assert f"{s['foreground_mean']['Dice']:.4f}" in out
 
 
-def test_test_set_with_probabilities_and_no_references_gives_soft_volumes(folders):
+def test_test_set_with_probabilities_and_no_references_gives_soft_volumes(folders, tmp_path):
     """nnUNetv2_predict --save_probabilities output without references: per case the hard volume and, where the
     npz exists, the Poisson-binomial volume of the saved probabilities (mean sum p * v, sd sqrt(sum p(1-p)) * v),
     from an independent numpy computation; a case without npz keeps the hard volume alone."""
@@ -118,7 +118,7 @@ def test_test_set_with_probabilities_and_no_references_gives_soft_volumes(folder
     assert set(by_case["case2"]["1"]) == {"V_pred"}
     assert s["mean"]["1"]["V_mean"] == pytest.approx(np.mean([p[1].sum() * ml for p in probs.values()]), rel=1e-9)
     from conftest import run_cli
-    out = run_cli(["nnunet-losses", "evaluate", "-i", pred_dir, "--quiet"]).stdout
+    out = run_cli(["nnunet-losses", "evaluate", "-i", pred_dir, "-o", tmp_path / "ev", "--quiet"]).stdout
     assert "3 cases of postprocessed (no references): predicted volumes, hard, soft (Poisson-binomial)" in out
     np.savez_compressed(pred_dir / "case2.npz", probabilities=np.full((3, *cases["case2"][0].shape), 0.5 / 3))
     with pytest.raises(EvaluationError, match="do not sum to 1"):
