@@ -24,6 +24,7 @@ from nnunet_losses.evaluation.metrics import (CALIBRATION_METRICS, case_metrics,
                       size_deciles, threshold_sweep)
 from nnunet_losses.evaluation.parallel import map_cases
 from nnunet_losses.evaluation.spec import TaskSpec
+from nnunet_losses.evaluation.surface import CaseSurface
 
 OUTPUT_FILES = ("summary.json", "per_case.csv", "threshold_sweep.csv", "size_deciles.csv", "reliability.csv",
                 "summary.md") + DECISION_FILES
@@ -70,6 +71,16 @@ def process_case(case: CaseFiles, spec: TaskSpec, grid: BinGrid, eps: float, rea
         more = extra(case, probs.array, ref, stats, spacing) if extra is not None else {}
     return {**more, "stats": stats, "cuts": cuts, "voxel_volume": vv, "unit": unit, "is_2d": is2d, "spacing": spacing,
             "shape": [int(s) for s in ref.shape]}
+
+
+class CaseHooks:
+    """Several per-case hooks as one (picklable): their results merged."""
+
+    def __init__(self, hooks):
+        self.hooks = list(hooks)
+
+    def __call__(self, case, probabilities, reference, stats, spacing) -> dict:
+        return {k: v for hook in self.hooks for k, v in hook(case, probabilities, reference, stats, spacing).items()}
 
 
 def reduce_cases(source: Source, grid: BinGrid, eps: float = DEFAULT_EPS, num_processes: int = 1,
@@ -152,6 +163,10 @@ def build_summary(source: Source, results: List[dict], grid: BinGrid, eps: float
     decisions = decisions_for_cases(stats, spec, grid.thresholds, per_case, [r["cuts"] for r in results], sweep,
                                     fixed_threshold)
     volume = volume_block(spec, per_case, stats)
+    if results and "surface" in results[0]:
+        for case, r in zip(per_case, results):
+            for key, m in r["surface"].items():
+                case["metrics"][key].update(m)
     bands = None
     if results and "bands" in results[0]:
         for case, r in zip(per_case, results):
@@ -193,14 +208,16 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
              dataset_json=None, plans=None, n_bins: int = DEFAULT_BINS,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, eps: float = DEFAULT_EPS, num_processes: int = 1,
              chill: bool = False, overwrite: bool = False, plots: bool = True, progress: bool = False,
-             name: Optional[str] = None, fixed_threshold: float = 0.5, bands: bool = False) -> dict:
+             name: Optional[str] = None, fixed_threshold: float = 0.5, bands: bool = False,
+             surface_tolerance_mm: Optional[float] = None) -> dict:
     """Evaluate one model; returns the summary dict and, with ``output_folder``, writes it (see docs).
 
     ``inputs``: a trainer folder, fold folder(s), or a prediction folder (then ``reference_folder`` is needed); a
     folder of label maps without probabilities gets the hard and surface metrics only (:mod:`.labelmaps`).
     ``fixed_threshold``: the decision rule ``fixed_T``'s threshold (added to the sweep's thresholds).
     ``bands``: also FP/FN volume and ECE per distance band from the reference surface (:mod:`.bands`; costs a few
-    distance transforms per case and class).
+    distance transforms per case and class). ``surface_tolerance_mm``: also HD95 and the normalized surface Dice
+    at that tolerance of nnU-Net's hard map, per case and class (:mod:`.surface`; None: not computed).
     """
     from nnunet_losses.evaluation.outputs import AtomicFolder, check_destination
     if isinstance(inputs, (str, Path)):
@@ -223,8 +240,9 @@ def evaluate(inputs, output_folder=None, *, reference_folder=None, folds: Option
     if output_folder is not None:
         dest = check_destination(Path(output_folder), source.protected, overwrite,
                                  list(OUTPUT_FILES) + (list(PLOT_FILES) if plots else []), [source.dataset])
-    results = reduce_cases(source, grid, eps, num_processes, progress,
-                           extra=CaseBands(source.spec, grid) if bands else None)
+    hooks = ([CaseBands(source.spec, grid)] if bands else []) + \
+        ([CaseSurface(source.spec, surface_tolerance_mm)] if surface_tolerance_mm is not None else [])
+    results = reduce_cases(source, grid, eps, num_processes, progress, extra=CaseHooks(hooks) if hooks else None)
     summary = build_summary(source, results, grid, eps, fixed_threshold)
     if dest is not None:
         from nnunet_losses.evaluation.report import write_evaluation

@@ -19,7 +19,7 @@ from nnunet_losses.evaluation.cases import _case_ids, _load_descriptions, _reade
 from nnunet_losses.evaluation.errors import EvaluationError
 from nnunet_losses.evaluation.metrics import _div, class_counts, means
 from nnunet_losses.evaluation.spec import TaskSpec
-from nnunet_losses.evaluation.surface import DEFAULT_TOLERANCE_MM, surface_metrics
+from nnunet_losses.evaluation.surface import DEFAULT_TOLERANCE_MM, image_surface_metrics
 
 OUTPUT_FILES = ("summary.json", "per_case.csv")
 
@@ -113,10 +113,7 @@ def _case(path: Path, ref_path: Optional[Path], spec: TaskSpec, rw, tolerance_mm
     row["metrics"] = hard_class_metrics(pred, ref, spec, vv)
     if tolerance_mm is None:
         return row
-    # the surface is measured at the image's own geometry: 2D images' dummy first spacing is dropped with its axis
-    squeeze = pred.ndim == 3 and pred.shape[0] == 1 and unit == "cm^2"
-    p2, r2, sp = (pred[0], ref[0], spacing[1:]) if squeeze else (pred, ref, spacing)
-    for key, s in surface_metrics(p2, r2, spec, sp, tolerance_mm).items():
+    for key, s in image_surface_metrics(pred, ref, spec, spacing, tolerance_mm).items():
         row["metrics"][key].update(s)
     return row
 

@@ -68,3 +68,27 @@ def surface_metrics(prediction: np.ndarray, reference: np.ndarray, spec: TaskSpe
         ref = member[np.clip(reference, 0, len(member) - 1)] & valid
         out[key] = class_surface_metrics(pred, ref, spacing, tolerance_mm)
     return out
+
+
+def image_surface_metrics(prediction: np.ndarray, reference: np.ndarray, spec: TaskSpec, spacing: Sequence[float],
+                          tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> Dict[str, Dict[str, float]]:
+    """:func:`surface_metrics` at the image's own geometry: an nnU-Net 2D image (one slice with a dummy first
+    spacing) is measured in 2D, its dummy axis dropped -- else every in-plane boundary voxel would also count as
+    a surface facing the image border across the dummy axis."""
+    from nnunet_losses.evaluation.cases import voxel_volume
+    if prediction.ndim == 3 and voxel_volume(spacing, prediction.shape)[2]:
+        return surface_metrics(prediction[0], reference[0], spec, list(spacing)[1:], tolerance_mm)
+    return surface_metrics(prediction, reference, spec, spacing, tolerance_mm)
+
+
+class CaseSurface:
+    """``evaluate``'s per-case hook (picklable): HD95 and NSD of nnU-Net's hard map of the case in memory."""
+
+    def __init__(self, spec: TaskSpec, tolerance_mm: float = DEFAULT_TOLERANCE_MM):
+        if not (math.isfinite(tolerance_mm) and tolerance_mm > 0):
+            raise ValueError(f"the surface tolerance must be a positive number of mm, got {tolerance_mm}")
+        self.spec, self.tolerance_mm = spec, float(tolerance_mm)
+
+    def __call__(self, case, probabilities, reference, stats, spacing) -> dict:
+        prediction = self.spec.nnunet_map(probabilities)[0]
+        return {"surface": image_surface_metrics(prediction, reference, self.spec, spacing, self.tolerance_mm)}

@@ -112,3 +112,34 @@ def test_label_maps_per_class_and_ignore_label():
 def test_mismatched_spacing_is_an_error():
     with pytest.raises(ValueError, match="do not match"):
         class_surface_metrics(np.ones((3, 3), bool), np.ones((3, 3), bool), (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_evaluate_of_probabilities_adds_surface_metrics_of_the_hard_map(tmp_path, dim):
+    """``evaluate(..., surface_tolerance_mm=T)`` on an npz folder: HD95/NSD per case and class equal the brute
+    force on nnU-Net's hard map (argmax) of the saved probabilities vs the reference, at the image's own geometry
+    (2D images measured in 2D); without the option the columns are absent."""
+    import json
+    from nnunet_losses.evaluation import evaluate
+    from nnunet_losses.evaluation.cases import load_reference
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from test_evaluation_export import make_prediction_folder
+    pred, gt = make_prediction_folder(tmp_path, dim=dim, n_cases=2)
+    labels = json.loads((pred / "dataset.json").read_text())["labels"]
+    s = evaluate(pred, reference_folder=gt, surface_tolerance_mm=2.0)
+    for c in s["metric_per_case"]:
+        ref, _ = load_reference(c["reference_file"], SimpleITKIO())
+        hard = np.load(c["prediction_file"])["probabilities"].argmax(0)
+        sp = c["spacing"]
+        if dim == 2:
+            hard, ref, sp = hard[0], ref[0], sp[1:]
+        for name, label in labels.items():
+            if label == 0:
+                continue
+            want = brute_force(hard == label, ref == label, sp, 2.0)
+            got = c["metrics"][str(label)]
+            for m in ("HD95", "NSD"):
+                assert got[m] == pytest.approx(want[m], rel=1e-5, nan_ok=True), (c["case"], name, m)  # float32
+    assert "HD95" in s["mean"][str(max(labels.values()))]
+    plain = evaluate(pred, reference_folder=gt)
+    assert "HD95" not in plain["metric_per_case"][0]["metrics"]["1"]

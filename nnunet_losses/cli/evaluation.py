@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 
 from nnunet_losses.cli.errors import UsageError
-from nnunet_losses.cli.options import COUNT, OPEN_UNIT, SEED, Number
+from nnunet_losses.cli.options import COUNT, OPEN_UNIT, POSITIVE, SEED, Number
 from nnunet_losses.evaluation.accumulate import DEFAULT_BINS, DEFAULT_EPS, DEFAULT_THRESHOLDS
 from nnunet_losses.evaluation.formatting import number as _fmt
 from nnunet_losses.evaluation.stats import DEFAULT_N_BOOT, DEFAULT_SEED
+from nnunet_losses.evaluation.surface import DEFAULT_TOLERANCE_MM
 
 #: a label-map threshold (p > T): T = 1 would never predict anything
 THRESHOLD = Number(float, low=0.0, high=1.0, open_high=True)
@@ -78,7 +79,8 @@ def _cmd_evaluate(args) -> int:
     s = evaluate(_inputs(args), args.o, reference_folder=args.ref, folds=args.f, dataset_json=args.djfile,
                  plans=args.pfile, n_bins=args.bins, thresholds=args.thresholds, eps=args.eps, num_processes=args.np,
                  chill=args.chill, overwrite=args.overwrite, plots=not args.no_plots, progress=not args.quiet,
-                 name=args.name, fixed_threshold=args.fixed_threshold, bands=args.bands)
+                 name=args.name, fixed_threshold=args.fixed_threshold, bands=args.bands,
+                 surface_tolerance_mm=args.surface)
     if "calibration" not in s:  # label maps without probabilities: hard and surface metrics only
         fg = s["foreground_mean"]
         if "Dice" in fg:
@@ -173,6 +175,9 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--bands", action="store_true",
                    help="also FP/FN volume and ECE per distance band from the reference surface (0-1, 1-2, 2-4, "
                         ">4 mm inside and outside; a few distance transforms per case and class)")
+    p.add_argument("--surface", type=POSITIVE, nargs="?", const=DEFAULT_TOLERANCE_MM, default=None, metavar="MM",
+                   help="also HD95 and the normalized surface Dice at tolerance MM (default 1 mm) per case and class "
+                        "of the probabilities' hard map (label-map folders always get them)")
     p.add_argument("--name", help="model name in outputs and comparisons. Default: the trainer/prediction folder name")
     p.add_argument("--chill", action="store_true",
                    help="prediction folder only: evaluate the predicted cases even if some references have none")
