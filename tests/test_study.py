@@ -79,11 +79,22 @@ def test_study_file_slurm_options(tmp_path):
     ({}, '[executor]\nkind = "pbs"\n', "executor kind 'pbs' is not one of"),
     ({}, '[executor]\ngpus = "0,1"\n', "executor gpus must be a list"),
     ({}, '[executor.slurm]\nqueue = "x"\n', "unknown key 'queue' in [executor.slurm]"),
+    ({}, '[evaluation]\nn_boot = 0\n', "[evaluation] n_boot must be an integer >= 1, got 0"),
+    ({}, '[evaluation]\nn_boot = 2.5\n', "[evaluation] n_boot must be an integer >= 1, got 2.5"),
+    ({}, '[evaluation]\nalpha = 1.0\n', "[evaluation] alpha must be a number > 0.0 and < 1.0, got 1.0"),
+    ({}, '[evaluation]\nnum_processes = "2"\n', "[evaluation] num_processes must be an integer >= 1"),
+    ({}, '[evaluation]\nsurface_tolerance_mm = 0\n', "[evaluation] surface_tolerance_mm must be a number > 0.0"),
 ])
 def test_study_file_errors(tmp_path, top, extra, message):
     with pytest.raises(StudyError, match=None) as e:
         load_study(_study_file(tmp_path, extra=extra, **top))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_study_file_evaluation_settings(tmp_path):
+    study = load_study(_study_file(tmp_path, extra='[evaluation]\nsurface_tolerance_mm = 2\nn_boot = 500\n'))
+    assert study.surface_tolerance_mm == 2.0 and study.n_boot == 500 and study.alpha == 0.05
+    assert load_study(_study_file(tmp_path)).surface_tolerance_mm is None
 
 
 def test_study_file_missing_and_invalid(tmp_path):

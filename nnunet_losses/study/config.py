@@ -35,7 +35,7 @@ _TOP_KEYS = {"dataset", "configuration", "trainers", "baseline", "folds", "plans
 _EXECUTOR_KEYS = {"kind", "gpus", "slurm"}
 _SLURM_KEYS = {"partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "sbatch", "setup",
                "array_parallelism"}
-_EVALUATION_KEYS = {"num_processes", "n_boot", "alpha", "extra_folders"}
+_EVALUATION_KEYS = {"num_processes", "n_boot", "alpha", "extra_folders", "surface_tolerance_mm"}
 
 
 class StudyError(Exception):
@@ -75,6 +75,8 @@ class Study:
     alpha: float = 0.05
     #: more prediction folders (post-processed, ensembles) to evaluate into the report: name -> folder
     extra_folders: Dict[str, str] = field(default_factory=dict)
+    #: HD95 / normalized surface Dice at this tolerance (mm) of every trainer's hard maps; None: not computed
+    surface_tolerance_mm: Optional[float] = None
     source: Optional[Path] = None
 
     @property
@@ -136,9 +138,27 @@ def study_from_dict(d: dict, path: Path) -> Study:
                  plans=str(d.get("plans", "nnUNetPlans")), device=str(d.get("device", "cuda")),
                  env={k: str(v) for k, v in env.items()}, executor=kind, gpus=list(gpus), slurm=SlurmOptions(**sl),
                  train_command=str(d.get("train_command", "nnUNetv2_train")),
-                 num_processes=int(ev.get("num_processes", 1)), n_boot=int(ev.get("n_boot", 10000)),
-                 alpha=float(ev.get("alpha", 0.05)), extra_folders=dict(ev.get("extra_folders", {})),
+                 num_processes=_number(ev, "num_processes", 1, int, 1, None, path),
+                 n_boot=_number(ev, "n_boot", 10000, int, 1, None, path),
+                 alpha=_number(ev, "alpha", 0.05, float, 0.0, 1.0, path), extra_folders=dict(ev.get("extra_folders", {})),
+                 surface_tolerance_mm=_number(ev, "surface_tolerance_mm", None, float, 0.0, None, path),
                  source=path.resolve())
+
+
+def _number(section: dict, key: str, default, kind, low, high, path: Path):
+    """``section[key]`` as ``kind`` (int or float) with ``low <= value`` (floats: ``low < value``) and
+    ``value < high``; a one-line error naming the key otherwise."""
+    value = section.get(key, default)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value) == int(value))
+    if ok:
+        value = kind(value)
+        ok = (value >= low if kind is int else value > low) and (high is None or value < high)
+    if not ok:
+        bound = f"{'an integer >= ' if kind is int else 'a number > '}{low}" + (f" and < {high}" if high else "")
+        raise StudyError(f"{path}: [evaluation] {key} must be {bound}, got {section.get(key)!r}")
+    return value
 
 
 def load_study(path) -> Study:
@@ -164,6 +184,9 @@ device = "cuda"
 [executor]
 kind = "local"                               # "slurm": a job array through submitit
 gpus = [0]                                   # one training per listed GPU at a time
+
+[evaluation]
+surface_tolerance_mm = 1.0                   # HD95 and normalized surface Dice of every trainer (omit: not computed)
 
 [executor.slurm]
 partition = "gpu"

@@ -75,11 +75,11 @@ def evaluate_trainer(study: Study, trainer: str, folds: List[str]) -> dict:
     # the metric names stand for the summary's schema: a package update that renames metrics re-evaluates
     from nnunet_losses.evaluation.metrics import CALIBRATION_METRICS, EXTRA_METRICS
     key = {"folds": folds, "files": _fingerprint(study, trainer, folds),
-           "schema": [list(EXTRA_METRICS), list(CALIBRATION_METRICS)]}
+           "schema": [list(EXTRA_METRICS), list(CALIBRATION_METRICS)], "surface": study.surface_tolerance_mm}
     if (out / "summary.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return load_evaluation(out)
     summary = evaluate(trainer_folder(study, trainer), out, folds=folds, name=trainer, overwrite=True,
-                       num_processes=study.num_processes)
+                       num_processes=study.num_processes, surface_tolerance_mm=study.surface_tolerance_mm)
     stamp.write_text(json.dumps(key))
     return summary
 
