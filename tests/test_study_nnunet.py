@@ -144,7 +144,7 @@ def test_report_holds_evaluate_and_compare_numbers(study_run, tmp_path, monkeypa
         "top-label ECE, 15 bins (all voxels pooled)": lambda s: s["calibration"]["pooled"]["top_label_ECE"],
         "one-vs-rest ECE inner, 15 bins (case mean)": lambda s: s["mean"]["2"]["one_vs_rest_ECE"],
         "classwise ECE, 15 bins (all voxels pooled)": lambda s: s["calibration"]["pooled"]["classwise_ECE"],
-        "best threshold inner (max mean Dice)": lambda s: s["threshold_sweep"]["per_class"]["2"]["best_threshold"],
+        "best threshold inner (max mean Dice, in-sample: optimistic)": lambda s: s["threshold_sweep"]["per_class"]["2"]["best_threshold"],
     }
     for label, get in expected.items():
         for t in TRAINERS:
