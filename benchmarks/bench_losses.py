@@ -65,6 +65,7 @@ Nothing here asserts on a time: the numbers are printed (and written to ``benchm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -214,6 +215,20 @@ def peak_bytes_cuda(step: Step, device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs two lines per profile otherwise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_bytes_cpu(step: Step) -> float:
     """High-water mark of torch's CPU allocator during ``step``, from the profiler's allocation log.
 
@@ -233,7 +248,7 @@ def peak_bytes_cpu(step: Step) -> float:
         for child in node.children:
             walk(child)
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     try:
         for root in prof.profiler.kineto_results.experimental_event_tree():
