@@ -2,8 +2,8 @@
 
 * ``overlap_stats(..., hard=True)`` (fused autograd function for gamma > 1) vs the generic autograd graph;
 * ``lovasz_grad`` (one cumulative sum, no concatenation) vs Berman's formulation with two cumulative sums;
-* ``sort_order_descending`` (radix sort of float bits on CPU) vs ``torch.sort(descending=True, stable=True)``,
-  and the Lovász loss through it vs the same loss in float64 (which takes ``torch.sort``);
+* ``sort_order_descending`` (compiled radix sort of float bits on CPU) vs ``torch.sort(descending=True,
+  stable=True)``, and the Lovász loss through the compiled CPU pass vs sort + gather + ``lovasz_grad`` in autograd;
 * ``sigmoid_binary_nll`` (torch's fused BCE with logits) vs ``binary_focal_nll`` with gamma 0 (to rounding);
 * the hard-target focal NLLs (one focal factor per voxel) vs the general formulas over every channel;
 * ``prepare_batch``'s one-hot (``labels == class``) vs ``zeros().scatter_(1, labels, 1)``.
@@ -98,7 +98,7 @@ def _tricky_rows(shape, seed):
     return v
 
 
-@pytest.mark.parametrize("shape", [(5, 300), (3, 40000), (2, 2, 70001), (1, 32768), (4, 32767)])
+@pytest.mark.parametrize("shape", [(5, 300), (3, 40000), (2, 2, 70001), (1, 13), (4, 32767)])
 def test_sort_order_is_torch_stable_descending_sort(shape):
     v = _tricky_rows(shape, seed=shape[-1])
     assert torch.equal(Fn.sort_order_descending(v), torch.sort(v, dim=-1, descending=True, stable=True).indices)
@@ -106,43 +106,112 @@ def test_sort_order_is_torch_stable_descending_sort(shape):
 
 def test_sort_order_with_negative_values_or_other_dtypes_falls_back_to_torch_sort():
     g = torch.Generator().manual_seed(0)
+    mixed = torch.rand(3, 1000, generator=g)
+    mixed[1, 5] = -0.5  # only this row is left to torch.sort
     for v in (torch.rand(2, 40000, generator=g) - 0.1, torch.rand(2, 40000, generator=g, dtype=torch.float64),
-              torch.rand(2, 40000, generator=g).half(), torch.rand(2, 0, 40000, generator=g)):
+              torch.rand(2, 40000, generator=g).half(), torch.rand(2, 0, 40000, generator=g), mixed):
         assert torch.equal(Fn.sort_order_descending(v), torch.sort(v, dim=-1, descending=True, stable=True).indices)
 
 
-def test_sort_order_radix_path_is_taken():
-    """Guards the speed-up itself: float32 CPU rows of >= 32768 elements must not go through a float sort."""
-    v = torch.rand(2, 40000)
+def _aten_sorts(fn) -> list:
     with torch.profiler.profile(record_shapes=True) as prof:
-        Fn.sort_order_descending(v)
-    shapes = [tuple(s[0]) for e in prof.events() if e.name == "aten::sort" for s in [e.input_shapes] if s]
-    assert shapes and all(len(s) == 1 for s in shapes), shapes  # 1-D int32 rows: torch's radix sort
+        fn()
+    return [e for e in prof.events() if e.name == "aten::sort"]
 
 
-@pytest.mark.parametrize("region", [False, True])
-@pytest.mark.parametrize("batch_dice", [False, True])
-def test_lovasz_on_the_radix_path_is_bitwise_the_torch_sort_path(region, batch_dice, monkeypatch):
-    """A 2 x 3 x 36^3 float32 volume (46656 voxels per row: radix path) with saturated logits (exact ties among
-    the errors): value and gradient are bit for bit those of the same loss sorted by ``torch.sort``."""
-    import nnunet_losses
-    g = torch.Generator().manual_seed(3 + region + 2 * batch_dice)
-    x = 4 * torch.randn(2, 3, 36, 36, 36, generator=g)
-    x[..., :4] *= 1000
+def test_compiled_sort_path_is_taken():
+    """Guards the speed-up itself: non-negative float32 CPU rows are not sorted by torch (neither the order nor the
+    Lovász extension), float64 rows are."""
+    v = torch.rand(2, 40000)
+    fg = (torch.rand(2, 40000) > 0.5).float()
+    assert not _aten_sorts(lambda: Fn.sort_order_descending(v))
+    assert not _aten_sorts(lambda: Fn.lovasz_extension(v, fg))
+    assert _aten_sorts(lambda: Fn.lovasz_extension(v.double(), fg.double()))
+
+
+def _lovasz_case(dtype, region, soft, ignore, seed):
+    """Logits with saturated voxels (+-1e4; -inf in label mode) and exact ties among the errors, the target as
+    nnU-Net gives it (int16 labels, bool regions) or soft, optionally with ignored voxels."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 9, 8, 7)
+    x = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    x[..., 0] = 1e4 * torch.sign(x[..., 0])
+    x[..., 1] = torch.round(x[..., 1])  # repeated values: equal errors
+    if not region:
+        x[0, 2, 0, :, 1] = -float("inf")
+    x = x.to(dtype)
+    if soft:
+        y = torch.rand(shape, generator=g, dtype=dtype)
+        if not region:
+            y = y / y.sum(1, keepdim=True)
+        if ignore:
+            y = torch.cat([y, (torch.rand((2, 1, *shape[2:]), generator=g) > 0.8).to(dtype)], 1)
+        return x, y, (3 if ignore else None)
+    labels = torch.randint(0, 4 if ignore else 3, (2, 1, *shape[2:]), generator=g)
     if region:
-        y = (torch.rand(x.shape, generator=g) > 0.6).to(torch.int16)
-    else:
-        y = torch.randint(0, 3, (2, 1, 36, 36, 36), generator=g).to(torch.int16)
-    loss = nnunet_losses.get_loss("lovasz", region_based=region, batch_dice=batch_dice)
-    out = []
-    for min_row in (Fn._RADIX_MIN_ROW, 1 << 62):
-        monkeypatch.setattr(Fn, "_RADIX_MIN_ROW", min_row)
-        xx = x.clone().requires_grad_()
-        v = loss(xx, y)
-        v.backward()
-        out.append((v, xx.grad))
-    (v_radix, g_radix), (v_sort, g_sort) = out
-    assert torch.equal(v_radix, v_sort) and torch.equal(g_radix, g_sort)
+        y = labels > torch.arange(3).view(1, 3, 1, 1, 1)
+        y = torch.cat([y, labels == 3], 1) if ignore else y
+        return x, y, (3 if ignore else None)
+    return x, labels.to(torch.int16), (3 if ignore else None)
+
+
+def _loss_and_grad(loss, x, y):
+    xx = [xi.clone().requires_grad_() for xi in x] if isinstance(x, list) else x.clone().requires_grad_()
+    v = loss(xx, y)
+    v.backward()
+    return v.detach(), ([xi.grad for xi in xx] if isinstance(x, list) else xx.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("region", [False, True])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_cpu_lovasz_equals_the_autograd_path(dtype, region, soft, ignore, batch_dice, monkeypatch):
+    """The compiled CPU pass (_CpuLovaszExtension) vs sort + gather + lovasz_grad through autograd, on deep
+    supervision lists: same value to rounding (summed in float64), the gradient bit for bit (the same operations
+    in the same order)."""
+    import nnunet_losses
+    x, y, ignore_label = _lovasz_case(dtype, region, soft, ignore, seed=region + 2 * soft + 4 * ignore)
+    xs = [x, x[:, :, ::2, ::2, ::2]]
+    ys = [y, y[:, :, ::2, ::2, ::2]]
+    loss = nnunet_losses.get_loss("lovasz", region_based=region, batch_dice=batch_dice, ignore_label=ignore_label,
+                                  deep_supervision_weights=(1.0, 0.5))
+    v_fast, g_fast = _loss_and_grad(loss, xs, ys)
+    monkeypatch.setattr(Fn, "_cpu_fast_path", lambda errors, fg: False)
+    v_slow, g_slow = _loss_and_grad(loss, xs, ys)
+    eps = torch.finfo(dtype).eps
+    assert torch.isfinite(v_fast) and float(v_fast) == pytest.approx(float(v_slow), rel=8 * eps, abs=8 * eps)
+    for a, b in zip(g_fast, g_slow):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_cpu_lovasz_extension_gradcheck_and_once_differentiable(soft):
+    g = torch.Generator().manual_seed(5 + soft)
+    errors = torch.rand(3, 40, generator=g, dtype=torch.float64)  # distinct: the order is locally constant
+    errors[1, 7] = 0.0  # an ignored voxel (error 0, no foreground)
+    fg = torch.rand(3, 40, generator=g, dtype=torch.float64)
+    fg = fg if soft else (fg > 0.6).to(torch.float64)
+    fg[1, 7] = 0.0
+    errors.requires_grad_()
+    assert torch.autograd.gradcheck(lambda e: Fn.lovasz_extension(e, fg), (errors,), eps=1e-7, atol=1e-8)
+    (grad,) = torch.autograd.grad(Fn.lovasz_extension(errors, fg).sum(), errors, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
+def test_cpu_lovasz_extension_with_negative_errors_equals_the_autograd_path():
+    """lovasz_extension is public: a row holding negative values (never a Lovász error) is sorted by torch.sort."""
+    g = torch.Generator().manual_seed(6)
+    errors = torch.rand(3, 1000, generator=g) - 0.2
+    errors[0].abs_()
+    fg = (torch.rand(3, 1000, generator=g) > 0.7).float()
+    a, b = errors.clone().requires_grad_(), errors.clone().requires_grad_()
+    va, vb = Fn.lovasz_extension(a, fg), Fn.lovasz_extension_autograd(b, fg)
+    va.sum().backward()
+    vb.sum().backward()
+    assert torch.allclose(va, vb, rtol=1e-6, atol=1e-6) and torch.equal(a.grad, b.grad)
 
 
 WEIGHTS = [(1.0, 1.0), (0.7, 0.7), (0.8, 0.2), (1.0, 0.0), ("per-channel", "per-channel"), ("per-channel", 0.5)]
