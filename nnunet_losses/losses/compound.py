@@ -8,7 +8,8 @@ from nnunet_losses import functional as Fn
 from nnunet_losses.segmentation_loss import check_bool, check_range
 from nnunet_losses.batch import PreparedBatch
 from nnunet_losses.losses.overlap import OverlapLoss, check_exponent
-from nnunet_losses.losses.pixelwise import voxel_focal_nll
+from nnunet_losses.losses.pixelwise import categorical_nll, voxel_focal_nll
+from nnunet_losses.softmax_terms import OneVsRestNLL
 
 _INF = float("inf")
 
@@ -28,8 +29,9 @@ class DiceCELoss(OverlapLoss):
         self.weight_dice = check_range("weight_dice", weight_dice, 0, _INF)
 
     def compute(self, batch: PreparedBatch) -> Tensor:
-        ce = Fn.masked_mean(voxel_focal_nll(batch), batch.mask)
-        return self.weight_ce * ce + self.weight_dice * self.dice_loss(batch)
+        stats, ce = self.stats_and_nll(batch, categorical_nll(batch.logits.shape[1]),
+                                       lambda: Fn.masked_mean(voxel_focal_nll(batch), batch.mask))
+        return self.weight_ce * ce + self.weight_dice * self.dice_loss(batch, stats)
 
 
 class ComboLoss(OverlapLoss):
@@ -52,6 +54,11 @@ class ComboLoss(OverlapLoss):
         self.gamma_pp = check_exponent("gamma_pp", gamma_pp)
 
     def compute(self, batch: PreparedBatch) -> Tensor:
+        stats, mce = self.stats_and_nll(batch, OneVsRestNLL(self.beta, 1 - self.beta), lambda: self.modified_ce(batch))
+        return self.alpha * mce + (1 - self.alpha) * self.dice_loss(batch, stats)
+
+    def modified_ce(self, batch: PreparedBatch) -> Tensor:
+        """Eq. 14's :math:`L_{mCE}`, one-vs-rest on the Dice term's channels, averaged over valid voxels."""
         c0 = batch.first_channel(self.do_bg)
         if batch.region_based:  # regions have no background channel: c0 = 0; torch's fused BCE, same formula
             mce = Fn.sigmoid_binary_nll(batch.logits, batch.onehot, w_pos=self.beta, w_neg=1 - self.beta)
@@ -60,7 +67,7 @@ class ComboLoss(OverlapLoss):
         else:
             mce = Fn.binary_focal_nll(batch.log_probs[:, c0:], batch.log_one_minus_probs[:, c0:],
                                       batch.onehot[:, c0:], w_pos=self.beta, w_neg=1 - self.beta)
-        return self.alpha * Fn.masked_mean(mce, batch.mask) + (1 - self.alpha) * self.dice_loss(batch)
+        return Fn.masked_mean(mce, batch.mask)
 
 
 class UnifiedFocalLoss(OverlapLoss):
@@ -96,14 +103,16 @@ class UnifiedFocalLoss(OverlapLoss):
         self.asymmetric = check_bool("asymmetric", asymmetric)
         self.gamma_pp = check_exponent("gamma_pp", gamma_pp)
 
-    def focal_term(self, batch: PreparedBatch) -> Tensor:
-        fg_gamma = 0.0 if self.asymmetric else self.gamma
-        nll = voxel_focal_nll(batch, fg_weight=self.delta, bg_weight=1 - self.delta, fg_gamma=fg_gamma,
-                              bg_gamma=self.gamma)
-        return Fn.masked_mean(nll, batch.mask)
+    def focal_params(self) -> dict:
+        """Eq. 19's weights and exponents: background ``1 - delta, gamma``; foreground ``delta, 0`` (asymmetric)."""
+        return dict(fg_weight=self.delta, bg_weight=1 - self.delta, fg_gamma=0.0 if self.asymmetric else self.gamma,
+                    bg_gamma=self.gamma)
 
-    def focal_tversky_term(self, batch: PreparedBatch) -> Tensor:
-        tp, fp, fn = self.stats(batch)
+    def focal_term(self, batch: PreparedBatch) -> Tensor:
+        return Fn.masked_mean(voxel_focal_nll(batch, **self.focal_params()), batch.mask)
+
+    def focal_tversky_term(self, batch: PreparedBatch, stats) -> Tensor:
+        tp, fp, fn = stats
         ti = Fn.tversky_index(tp, fp, fn, alpha=1 - self.delta, beta=self.delta, smooth=self.smooth)
         # (1 - TI)^(1 - gamma) is the Focal Tversky term with exponent 1/gamma' = 1 - gamma
         terms = Fn.focal_tversky_term(ti, 1 / (1 - self.gamma))
@@ -112,4 +121,6 @@ class UnifiedFocalLoss(OverlapLoss):
         return terms.mean()
 
     def compute(self, batch: PreparedBatch) -> Tensor:
-        return self.lambda_ * self.focal_term(batch) + (1 - self.lambda_) * self.focal_tversky_term(batch)
+        spec = categorical_nll(batch.logits.shape[1], **self.focal_params())
+        stats, focal = self.stats_and_nll(batch, spec, lambda: self.focal_term(batch))
+        return self.lambda_ * focal + (1 - self.lambda_) * self.focal_tversky_term(batch, stats)

@@ -9,13 +9,14 @@ plain sums; ``gamma_pp = 1`` is the original loss. The ++ forms are registry ent
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from torch import Tensor
 
 from nnunet_losses import functional as Fn
 from nnunet_losses.segmentation_loss import SegmentationLoss, check_bool, check_range
 from nnunet_losses.batch import PreparedBatch
+from nnunet_losses.softmax_terms import LabelTerms, VoxelNLL, softmax_label_terms
 
 _INF = float("inf")
 
@@ -49,6 +50,9 @@ class OverlapLoss(SegmentationLoss):
 
     def stats(self, batch: PreparedBatch) -> Tuple[Tensor, Tensor, Tensor]:
         """Reduced (TP, FP, FN) of the selected channels, shape ``(K,)`` (batch dice) or ``(B, K)``."""
+        terms = self.label_terms(batch)
+        if terms is not None:
+            return Fn.reduce_stats(terms.stats, self.batch_dice, self.ddp)
         c0 = batch.first_channel(self.do_bg)
         if self.metric_intersection:
             stats = Fn.metric_overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask)
@@ -57,9 +61,28 @@ class OverlapLoss(SegmentationLoss):
                                      hard=batch.hard)
         return Fn.reduce_stats(stats, self.batch_dice, self.ddp)
 
-    def dice_loss(self, batch: PreparedBatch) -> Tensor:
+    def stats_and_nll(self, batch: PreparedBatch, nll: VoxelNLL, general_nll: Callable[[], Tensor]
+                      ) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tensor]:
+        """:meth:`stats` and a voxel NLL's mean over valid voxels (``general_nll()``, the formula as written).
+
+        On label maps both come from one softmax pass with one backward
+        (:func:`~nnunet_losses.softmax_terms.softmax_label_terms`, the same values and gradients to rounding).
+        """
+        terms = self.label_terms(batch, nll)
+        if terms is None:
+            return self.stats(batch), general_nll()
+        return Fn.reduce_stats(terms.stats, self.batch_dice, self.ddp), terms.nll
+
+    def label_terms(self, batch: PreparedBatch, nll: Optional[VoxelNLL] = None) -> Optional[LabelTerms]:
+        """The fused label-map pass of the statistics (and ``nll``), or None where the general path applies."""
+        if batch.region_based or not batch.hard or self.metric_intersection:
+            return None
+        return softmax_label_terms(batch.logits, batch.onehot, batch.mask, batch.first_channel(self.do_bg),
+                                   self.fp_fn_exponent, nll)
+
+    def dice_loss(self, batch: PreparedBatch, stats: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
         """``1 - mean`` soft Dice (or DSC++ when the FP/FN exponent is not 1) over samples/channels."""
-        return 1 - Fn.dice_score(*self.stats(batch), self.smooth).mean()
+        return 1 - Fn.dice_score(*(self.stats(batch) if stats is None else stats), self.smooth).mean()
 
 
 def check_exponent(name: str, value) -> float:

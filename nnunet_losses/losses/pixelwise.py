@@ -10,6 +10,7 @@ from torch import Tensor
 from nnunet_losses import functional as Fn
 from nnunet_losses.segmentation_loss import SegmentationLoss, check_range
 from nnunet_losses.batch import PreparedBatch
+from nnunet_losses.softmax_terms import CategoricalNLL
 
 
 def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,
@@ -29,15 +30,22 @@ def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_we
             return Fn.binary_focal_nll_hard(batch.logits, batch.onehot, fg_weight, bg_weight, fg_gamma, bg_gamma)
         return Fn.binary_focal_nll(batch.log_probs, batch.log_one_minus_probs, batch.onehot,
                                    fg_weight, bg_weight, fg_gamma, bg_gamma)
-    n_classes = batch.logits.shape[1]
+    spec = categorical_nll(batch.logits.shape[1], fg_weight, bg_weight, fg_gamma, bg_gamma, class_weights)
+    if batch.hard:  # label maps: one softmax, the gradient written out
+        return Fn.categorical_focal_nll_hard(batch.logits, batch.onehot, *spec)
+    return Fn.categorical_focal_nll(batch.log_probs, batch.onehot, *spec, hard=batch.hard)
+
+
+def categorical_nll(n_classes: int, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,
+                    fg_gamma: float = 0.0, bg_gamma: float = 0.0, class_weights: Optional[Tensor] = None
+                    ) -> CategoricalNLL:
+    """Per-class weights and gammas of the softmax NLL of :func:`voxel_focal_nll` (background: channel 0)."""
     if class_weights is None and (fg_weight != 1 or bg_weight != 1):
         # float64 (Python floats are doubles): _channel_weight casts to the compute dtype, so float64 losses
         # are not limited to float32-rounded weights (delta = 0.6 would become 0.6000000238)
         class_weights = torch.tensor([bg_weight] + [fg_weight] * (n_classes - 1), dtype=torch.float64)
-    gammas = None if (fg_gamma == 0 and bg_gamma == 0) else [bg_gamma] + [fg_gamma] * (n_classes - 1)
-    if batch.hard:  # label maps: one softmax, the gradient written out
-        return Fn.categorical_focal_nll_hard(batch.logits, batch.onehot, class_weights, gammas)
-    return Fn.categorical_focal_nll(batch.log_probs, batch.onehot, class_weights, gammas, hard=batch.hard)
+    gammas = None if (fg_gamma == 0 and bg_gamma == 0) else (float(bg_gamma),) + (float(fg_gamma),) * (n_classes - 1)
+    return CategoricalNLL(class_weights, gammas)
 
 
 class CrossEntropyLoss(SegmentationLoss):

@@ -1,0 +1,199 @@
+r"""One softmax pass for everything a loss needs from (logits, label map): overlap statistics and the voxel NLL.
+
+A compound loss on nnU-Net's label maps (Dice + CE, Combo, Unified Focal and their ++ forms) needs, from one
+``p = softmax(x)`` and the one-hot ``y`` of the label map (``mask`` m: 1 valid, 0 ignored):
+
+* the per-(sample, channel) statistics of :func:`~nnunet_losses.functional.overlap_stats` on the channels
+  ``c >= c0`` (``TP = sum p y m``, ``FP = sum (p (1-y))^gamma m``, ``FN = sum ((1-p) y)^gamma m``);
+* the mean over valid voxels of one voxel NLL: the categorical focal NLL
+  :func:`~nnunet_losses.functional.categorical_focal_nll` (CE, weighted CE, focal, asymmetric focal) or the
+  one-vs-rest NLL :func:`~nnunet_losses.functional.binary_focal_nll` of Combo (gamma 0, channels ``c >= c0``).
+
+Autograd through the general formulas keeps a dozen full-size tensors and runs a softmax backward per term.
+:func:`softmax_label_terms` computes them from one softmax without a graph and maps the gradients of those few
+numbers back to the logits in one pass (:class:`_SoftmaxLabelTerms`). The losses combine the returned numbers
+with ordinary autograd, so every formula still lives in one place (functional.py); this is its gradient written
+out. Derivation, for incoming gradients ``g_tp, g_fp, g_fn`` (shape ``(B, K)``) and ``G`` (the NLL mean):
+
+* statistics, per element of channel ``c >= c0``, ``T_c = dL/dp_c = m (y g_tp + (1-y) g_fp)  - y g_fn m`` for
+  gamma = 1; for gamma > 1 with ``q = |y - p|``: ``T_c = m (y g_tp + gamma q^(gamma-1) ((1-y) g_fp - y g_fn))``.
+  Through the softmax: ``dx_k = p_k (T_k - sum_{j >= c0} p_j T_j)`` (``T_k = 0`` for ``k < c0``);
+* categorical NLL: ``dx = D (y - p) G m / N`` (``D`` of :func:`~nnunet_losses.functional.hard_categorical_focal_terms`);
+* one-vs-rest NLL: :func:`~nnunet_losses.functional.one_vs_rest_grad` with ``a = -w G m / (N K)``;
+
+``N`` the number of valid voxels. The sum of the parts is the gradient. Label maps only: ``onehot`` and ``mask``
+hold 0 and 1 (soft targets take the general path). Differentiable once (double backward raises).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from nnunet_losses import functional as Fn
+
+
+class CategoricalNLL(NamedTuple):
+    """:func:`~nnunet_losses.functional.categorical_focal_nll` with these per-class weights and gammas (None: 1, 0)."""
+    class_weights: Optional[Tensor] = None
+    class_gammas: Optional[Tuple[float, ...]] = None
+
+
+class OneVsRestNLL(NamedTuple):
+    """:func:`~nnunet_losses.functional.binary_focal_nll` (gamma 0) one-vs-rest on the statistics' channels."""
+    w_pos: float = 1.0
+    w_neg: float = 1.0
+
+
+VoxelNLL = Union[CategoricalNLL, OneVsRestNLL]
+
+
+class LabelTerms(NamedTuple):
+    """``stats``: (TP, FP, FN), each ``(B, K)``, or None; ``nll``: the NLL mean over valid voxels, or None."""
+    stats: Optional[Tuple[Tensor, Tensor, Tensor]]
+    nll: Optional[Tensor]
+
+
+#: Below this probability (p_t of the categorical NLL, p_c or 1 - p_c of the one-vs-rest NLL) the logarithm would
+#: lose precision (subnormal) or be -inf: :func:`softmax_label_terms` returns None and the caller takes the general
+#: log-domain formula (logit gaps of ~70 in float32).
+MIN_PROBABILITY = 1e-30
+
+
+def softmax_label_terms(logits: Tensor, onehot: Tensor, mask: Optional[Tensor], first_channel: int,
+                        gamma: Optional[float] = None, nll: Optional[VoxelNLL] = None) -> Optional[LabelTerms]:
+    """Statistics (``gamma`` not None: DSC++'s FP/FN exponent, 1 or > 1) and/or the NLL mean of ``softmax(logits)``.
+
+    ``onehot`` is the one-hot label map ``(B, C, *spatial)`` (0/1, logits' dtype), ``mask`` ``(B, 1, *spatial)``
+    0/1 or None. Returns None where the general path must be taken: ``gamma < 1`` (its power needs
+    :func:`~nnunet_losses.functional.safe_pow`'s linear piece), or a probability the NLL takes the logarithm of
+    is below :data:`MIN_PROBABILITY`.
+    """
+    if gamma is not None and gamma < 1:
+        return None
+    with torch.no_grad():
+        state = _LabelPass(logits, onehot, mask, first_channel, gamma, nll, logits.requires_grad)
+    if state.outputs is None:
+        return None
+    outputs = _SoftmaxLabelTerms.apply(logits, state)
+    stats = tuple(outputs[:3]) if gamma is not None else None
+    return LabelTerms(stats, outputs[-1] if nll is not None else None)
+
+
+class _LabelPass:
+    """The forward pass without autograd: the outputs (None if saturated) and what the backward pass needs."""
+
+    def __init__(self, logits, onehot, mask, c0, gamma, nll, need_grad):
+        self.p = p = torch.softmax(logits, 1)
+        self.onehot, self.mask, self.c0, self.gamma, self.nll = onehot, mask, c0, gamma, nll
+        self.need_grad, self.outputs = need_grad, None
+        y = onehot[:, c0:]
+        # p y of the statistics' channels; the categorical NLL needs it on every channel (p_t = sum_c p_c y_c)
+        py_all = p * onehot if isinstance(nll, CategoricalNLL) else None
+        py = py_all[:, c0:] if py_all is not None else p[:, c0:] * y
+        if isinstance(nll, CategoricalNLL):
+            self.p_t = py_all.sum(1, keepdim=True)
+            if bool(self.p_t.amin() < MIN_PROBABILITY):  # amin: one reduction, no bool tensor
+                return
+        elif isinstance(nll, OneVsRestNLL):
+            self.not_y = 1 - y
+            self.q = Fn.one_vs_rest_reference_probability(p, onehot, c0, py, self.not_y)
+            if bool(self.q.amin() < MIN_PROBABILITY):
+                return
+        outputs = self._stats(py) if gamma is not None else ()
+        self.outputs = outputs + ((self._nll(),) if nll is not None else ())
+
+    def _stats(self, py: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """:func:`~nnunet_losses.functional.overlap_stats` for 0/1 ``y``, ``m`` (same sums, same values)."""
+        p, y, m, gamma = self.p[:, self.c0:], self.onehot[:, self.c0:], self.mask, self.gamma
+        axes = tuple(range(2, p.ndim))
+        ym = y if m is None else y * m
+        tp = (py if m is None else py * m).sum(axes, dtype=p.dtype)  # p (y m) = (p y) m exactly: y, m are 0/1
+        if gamma == 1:
+            p_sum = p.sum(axes, dtype=p.dtype) if m is None else (p * m).sum(axes, dtype=p.dtype)
+            return tp, p_sum - tp, ym.sum(axes, dtype=p.dtype) - tp
+        r = y - p  # 1 - p where y = 1, -p where y = 0: q = |r| is the FN (y = 1) or FP (y = 0) base
+        if gamma == 2:  # q^2 = r r; its derivative 2q is kept signed (2r) and the sign folded into backward
+            q_pow, self.slope = r * r, r
+        else:
+            q = r.abs_()
+            q_pow, self.slope = q.pow(gamma), (q.pow_(gamma - 1) if self.need_grad else None)
+        fn_map = q_pow * ym
+        fp_map = q_pow.sub_(fn_map)  # q^gamma where y = 0 (and where m = 0, masked below), 0 where y = 1
+        if m is not None:
+            fp_map.mul_(m)
+        return tp, fp_map.sum(axes, dtype=p.dtype), fn_map.sum(axes, dtype=p.dtype)
+
+    def _nll(self) -> Tensor:
+        """The voxel NLL's mean over valid voxels (:func:`~nnunet_losses.functional.masked_mean`)."""
+        if isinstance(self.nll, CategoricalNLL):
+            value, self.slope_nll = Fn.hard_categorical_focal_terms(self.onehot, self.p_t, *self.nll, self.need_grad)
+        else:
+            self.w = Fn._blend(self.onehot[:, self.c0:], self.not_y, self.nll.w_pos, self.nll.w_neg)
+            value = Fn._weighted_neg(self.w, self.q.log())  # -w log p_c (y = 1) or -w log(1 - p_c) (y = 0)
+        # masked_mean's denominator: valid voxels times channels, at least 1
+        self.count = value.numel() if self.mask is None else (self.mask.sum() * value.shape[1]).clamp_min(1)
+        return Fn.masked_mean(value, self.mask)
+
+    def backward(self, grads) -> Tensor:
+        """Gradient w.r.t. the logits for the incoming gradients of the outputs (see the module docstring)."""
+        grad = self._nll_grad(grads[-1]) if self.nll is not None else None
+        if self.gamma is None:
+            return grad
+        p = self.p[:, self.c0:]
+        t = self._stats_dp(*grads[:3])
+        s = (p * t).sum(1, keepdim=True)  # sum_j p_j T_j
+        t.sub_(s).mul_(p)  # p_k (T_k - s) on the statistics' channels, -p_k s on the others
+        if grad is None:
+            grad = torch.empty_like(self.p)
+            grad[:, self.c0:] = t
+            if self.c0 > 0:
+                torch.mul(self.p[:, :self.c0], s.neg_(), out=grad[:, :self.c0])
+            return grad
+        grad[:, self.c0:] += t
+        if self.c0 > 0:
+            grad[:, :self.c0].addcmul_(self.p[:, :self.c0], s, value=-1)
+        return grad
+
+    def _stats_dp(self, g_tp: Tensor, g_fp: Tensor, g_fn: Tensor) -> Tensor:
+        """``T = dL/dp`` on the statistics' channels, ``(B, K, *spatial)``, a new tensor."""
+        y, m = self.onehot[:, self.c0:], self.mask
+        shape = g_tp.shape + (1,) * (y.ndim - 2)
+        g_tp, g_fp, g_fn = g_tp.view(shape), g_fp.view(shape), g_fn.view(shape)
+        if self.gamma == 1:  # T = g_fp + y (g_tp - g_fn - g_fp): g_fp where y = 0, g_tp - g_fn where y = 1
+            t = torch.addcmul(g_fp, y, g_tp - g_fn - g_fp)
+        elif self.gamma == 2:  # slope r = y - p; 2q = 2r (y = 1), -2r (y = 0): T = y g_tp - 2r (g_fp + y (g_fn - g_fp))
+            t = torch.addcmul(-2 * g_fp, y, -2 * (g_fn - g_fp))
+        else:  # slope q^(gamma-1): T = y g_tp + gamma q^(gamma-1) (g_fp + y (-g_fn - g_fp))
+            t = torch.addcmul(self.gamma * g_fp, y, self.gamma * (-g_fn - g_fp))
+        if self.gamma != 1:
+            t.mul_(self.slope).addcmul_(y, g_tp)
+        return t if m is None else t.mul_(m)
+
+    def _nll_grad(self, g_nll: Tensor) -> Tensor:
+        """Gradient of the NLL mean w.r.t. the logits, ``(B, C, *spatial)``, a new tensor."""
+        g = g_nll / self.count  # the mean's backward: G / N on every valid element
+        if isinstance(self.nll, CategoricalNLL):
+            e = self.slope_nll * g
+            return torch.sub(self.onehot, self.p).mul_(e if self.mask is None else e.mul_(self.mask))
+        y = self.onehot[:, self.c0:]
+        a = self.w * -g if isinstance(self.w, Tensor) else (-self.w * g).expand_as(y)  # a = -w G / N
+        a = a * self.mask if self.mask is not None else a.contiguous()
+        return Fn.one_vs_rest_grad(a, y, self.not_y, self.p, self.q, self.c0)
+
+
+class _SoftmaxLabelTerms(torch.autograd.Function):
+    """Returns the outputs :class:`_LabelPass` computed; backward is :meth:`_LabelPass.backward`."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, state: _LabelPass):
+        ctx.state = state
+        outputs, state.outputs = state.outputs, None  # the state must not hold the outputs (a reference cycle)
+        return outputs
+
+    @staticmethod
+    @once_differentiable  # the derivatives are written out without a graph: refuse double backward
+    def backward(ctx, *grads):
+        return ctx.state.backward(grads), None
