@@ -169,19 +169,46 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
     if class_gammas is not None:
         u = torch.expm1(log_p_t).neg_()
         distinct = sorted(set(class_gammas))
-        for i, g in enumerate(distinct):  # one focal factor per distinct gamma, kept where the class has it
-            f_g, d_g = _focal_factor_and_derivative(u, g)
-            if len(distinct) > 1:
-                has_g = onehot[:, [c for c, gc in enumerate(class_gammas) if gc == g]].sum(1, keepdim=True)
-                f_g, d_g = f_g * has_g, d_g * has_g
-            factor, derivative = (f_g, d_g) if i == 0 else (factor + f_g, derivative + d_g)
-    w_t = 1.0 if class_weights is None else (onehot * _channel_weight(class_weights, onehot)).sum(1, keepdim=True)
+        if len(distinct) == 1:
+            factor, derivative = _focal_factor_and_derivative(u, distinct[0])
+        else:  # one focal factor per distinct gamma, kept where the class has it (exact: y is 0/1, one term each)
+            factor, derivative = torch.zeros_like(u), torch.zeros_like(u)
+            for g in distinct:
+                f_g, d_g = _focal_factor_and_derivative(u, g)
+                has_g = _sum_of_channels(onehot, [c for c, gc in enumerate(class_gammas) if gc == g])
+                _add_product(factor, has_g, f_g)
+                _add_product(derivative, has_g, d_g)
+    w_t = 1.0 if class_weights is None else _sum_of_channels(onehot, range(onehot.shape[1]), class_weights.tolist())
     value = _weighted_neg(w_t, log_p_t * factor if isinstance(factor, Tensor) else log_p_t.clone())
     if not need_slope:
         return value, None
-    d = -(p_t * log_p_t * derivative) if isinstance(derivative, Tensor) or derivative != 0 else None
-    d = (d.add_(factor) if d is not None else _as_tensor(factor, p_t))
+    if isinstance(derivative, Tensor) or derivative != 0:  # D / -w_t = F - p_t l F'
+        d = torch.mul(p_t, log_p_t).mul_(derivative).neg_().add_(factor)
+    else:
+        d = _as_tensor(factor, p_t)
     return value, _weighted_neg(w_t, d)
+
+
+def _add_product(out: Tensor, a: Tensor, b: float | Tensor) -> None:
+    """``out += a * b`` in place (nothing for ``b = 0``)."""
+    if isinstance(b, Tensor):
+        out.addcmul_(a, b)
+    elif b != 0:
+        out.add_(a, alpha=b)
+
+
+def _sum_of_channels(onehot: Tensor, channels: Sequence[int], weights: Optional[Sequence[float]] = None) -> Tensor:
+    """``sum_{c in channels} w_c y_c`` as a ``(B, 1, *spatial)`` tensor, channel by channel (no ``(B, C, ...)``
+    temporary, no index copy); for one-hot ``y`` every product is exact and at most one term is non-zero."""
+    out = None
+    for c in channels:
+        w = 1.0 if weights is None else weights[c]
+        y_c = onehot[:, c:c + 1]
+        if out is None:
+            out = y_c * w if w != 1 else y_c.clone()
+        else:
+            out.add_(y_c, alpha=w)
+    return out
 
 
 class _HardCategoricalFocalNLL(torch.autograd.Function):
@@ -316,11 +343,13 @@ def one_vs_rest_grad(a: Tensor, y: Tensor, not_y: Tensor, p: Tensor, q: Tensor, 
     """Gradient w.r.t. the logits of ``sum_c a_c T_c`` (:class:`_OneVsRestSoftmaxNLL`'s formula, ``a = -w G``).
 
     ``y``, ``not_y``, ``a`` and ``q`` (:func:`one_vs_rest_reference_probability`) cover the channels from
-    ``first_channel`` on, ``p`` all C. Returns a new ``(B, C, *spatial)`` tensor.
+    ``first_channel`` on (``a`` may be a 0-d or ``(B, 1, ...)`` tensor that broadcasts over them), ``p`` all C.
+    Returns a new ``(B, C, *spatial)`` tensor.
     """
     c0 = first_channel
-    h = a * not_y / q  # H_c = a_c / S_c where y_c = 0; 0 where y_c = 1 (S_c may be 0 there, q is not)
-    total_a = a.sum(1, keepdim=True)
+    h = torch.mul(a, not_y).div_(q)  # H_c = a_c / S_c where y_c = 0; 0 where y_c = 1 (S_c may be 0 there, q not)
+    # ``a`` may broadcast over the channels (one weight for both sides): then sum_c a_c = K a
+    total_a = a.sum(1, keepdim=True) if a.ndim == y.ndim and a.shape[1] == y.shape[1] else a * y.shape[1]
     grad = torch.empty_like(p)
     n = p.shape[1]
     for k in range(n):

@@ -103,6 +103,7 @@ class _LabelPass:
             if bool(self.q.amin() < MIN_PROBABILITY):
                 return
         outputs = self._stats(py) if gamma is not None else ()
+        del py, py_all  # not needed any more: free them before the NLL's temporaries (peak memory)
         self.outputs = outputs + ((self._nll(),) if nll is not None else ())
 
     def _stats(self, py: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -144,7 +145,9 @@ class _LabelPass:
             return grad
         p = self.p[:, self.c0:]
         t = self._stats_dp(*grads[:3])
-        s = (p * t).sum(1, keepdim=True)  # sum_j p_j T_j
+        s = p[:, :1] * t[:, :1]  # sum_j p_j T_j, channel by channel: no (B, K, ...) temporary
+        for j in range(1, t.shape[1]):
+            s.addcmul_(p[:, j:j + 1], t[:, j:j + 1])
         t.sub_(s).mul_(p)  # p_k (T_k - s) on the statistics' channels, -p_k s on the others
         if grad is None:
             grad = torch.empty_like(self.p)
@@ -163,11 +166,11 @@ class _LabelPass:
         shape = g_tp.shape + (1,) * (y.ndim - 2)
         g_tp, g_fp, g_fn = g_tp.view(shape), g_fp.view(shape), g_fn.view(shape)
         if self.gamma == 1:  # T = g_fp + y (g_tp - g_fn - g_fp): g_fp where y = 0, g_tp - g_fn where y = 1
-            t = torch.addcmul(g_fp, y, g_tp - g_fn - g_fp)
+            t = torch.mul(y, g_tp - g_fn - g_fp).add_(g_fp)  # a product and an add: 2x faster than addcmul here
         elif self.gamma == 2:  # slope r = y - p; 2q = 2r (y = 1), -2r (y = 0): T = y g_tp - 2r (g_fp + y (g_fn - g_fp))
-            t = torch.addcmul(-2 * g_fp, y, -2 * (g_fn - g_fp))
+            t = torch.mul(y, -2 * (g_fn - g_fp)).add_(-2 * g_fp)
         else:  # slope q^(gamma-1): T = y g_tp + gamma q^(gamma-1) (g_fp + y (-g_fn - g_fp))
-            t = torch.addcmul(self.gamma * g_fp, y, self.gamma * (-g_fn - g_fp))
+            t = torch.mul(y, self.gamma * (-g_fn - g_fp)).add_(self.gamma * g_fp)
         if self.gamma != 1:
             t.mul_(self.slope).addcmul_(y, g_tp)
         return t if m is None else t.mul_(m)
@@ -179,8 +182,8 @@ class _LabelPass:
             e = self.slope_nll * g
             return torch.sub(self.onehot, self.p).mul_(e if self.mask is None else e.mul_(self.mask))
         y = self.onehot[:, self.c0:]
-        a = self.w * -g if isinstance(self.w, Tensor) else (-self.w * g).expand_as(y)  # a = -w G / N
-        a = a * self.mask if self.mask is not None else a.contiguous()
+        a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one
+        a = a * self.mask if self.mask is not None else a
         return Fn.one_vs_rest_grad(a, y, self.not_y, self.p, self.q, self.c0)
 
 
