@@ -339,25 +339,29 @@ class _OneVsRestSoftmaxNLL(torch.autograd.Function):
         return one_vs_rest_grad(a, y, not_y, p, q, ctx.first_channel), None, None, None, None, None, None
 
 
-def one_vs_rest_grad(a: Tensor, y: Tensor, not_y: Tensor, p: Tensor, q: Tensor, first_channel: int) -> Tensor:
+def one_vs_rest_grad(a: Tensor, y: Tensor, not_y: Tensor, p: Tensor, q: Tensor, first_channel: int,
+                     out: Optional[Tensor] = None) -> Tensor:
     """Gradient w.r.t. the logits of ``sum_c a_c T_c`` (:class:`_OneVsRestSoftmaxNLL`'s formula, ``a = -w G``).
 
     ``y``, ``not_y``, ``a`` and ``q`` (:func:`one_vs_rest_reference_probability`) cover the channels from
     ``first_channel`` on (``a`` may be a 0-d or ``(B, 1, ...)`` tensor that broadcasts over them), ``p`` all C.
-    Returns a new ``(B, C, *spatial)`` tensor.
+    Returns a new ``(B, C, *spatial)`` tensor, or ``out`` with the gradient added to it.
     """
     c0 = first_channel
     h = torch.mul(a, not_y).div_(q)  # H_c = a_c / S_c where y_c = 0; 0 where y_c = 1 (S_c may be 0 there, q not)
     # ``a`` may broadcast over the channels (one weight for both sides): then sum_c a_c = K a
     total_a = a.sum(1, keepdim=True) if a.ndim == y.ndim and a.shape[1] == y.shape[1] else a * y.shape[1]
-    grad = torch.empty_like(p)
+    grad = torch.empty_like(p) if out is None else out
     n = p.shape[1]
     for k in range(n):
         coef = -total_a  # sum over c != k of H_c, then minus sum_c a_c
         for c in range(c0, n):
             if c != k:
                 coef = coef + h[:, c - c0:c - c0 + 1]
-        grad[:, k:k + 1] = p[:, k:k + 1] * coef
+        if out is None:
+            grad[:, k:k + 1] = p[:, k:k + 1] * coef
+        else:
+            grad[:, k:k + 1].addcmul_(p[:, k:k + 1], coef)
     grad[:, c0:].addcmul_(a, y)
     return grad
 

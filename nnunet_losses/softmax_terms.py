@@ -139,52 +139,56 @@ class _LabelPass:
         return Fn.masked_mean(value, self.mask)
 
     def backward(self, grads) -> Tensor:
-        """Gradient w.r.t. the logits for the incoming gradients of the outputs (see the module docstring)."""
-        grad = self._nll_grad(grads[-1]) if self.nll is not None else None
+        """Gradient w.r.t. the logits for the incoming gradients of the outputs (see the module docstring).
+
+        The statistics' part is written straight into the gradient, the NLL's added channel by channel: besides
+        the gradient only ``(B, 1, *spatial)`` temporaries (peak memory as autograd's softmax backward).
+        """
         if self.gamma is None:
-            return grad
-        p = self.p[:, self.c0:]
-        t = self._stats_dp(*grads[:3])
+            return self._nll_grad(grads[-1], None)
+        c0 = self.c0
+        grad = torch.empty_like(self.p)
+        p, t = self.p[:, c0:], grad[:, c0:]
+        self._stats_dp(*grads[:3], out=t)
         s = p[:, :1] * t[:, :1]  # sum_j p_j T_j, channel by channel: no (B, K, ...) temporary
         for j in range(1, t.shape[1]):
             s.addcmul_(p[:, j:j + 1], t[:, j:j + 1])
         t.sub_(s).mul_(p)  # p_k (T_k - s) on the statistics' channels, -p_k s on the others
-        if grad is None:
-            grad = torch.empty_like(self.p)
-            grad[:, self.c0:] = t
-            if self.c0 > 0:
-                torch.mul(self.p[:, :self.c0], s.neg_(), out=grad[:, :self.c0])
-            return grad
-        grad[:, self.c0:] += t
-        if self.c0 > 0:
-            grad[:, :self.c0].addcmul_(self.p[:, :self.c0], s, value=-1)
-        return grad
+        if c0 > 0:
+            torch.mul(self.p[:, :c0], s.neg_(), out=grad[:, :c0])
+        return self._nll_grad(grads[-1], grad) if self.nll is not None else grad
 
-    def _stats_dp(self, g_tp: Tensor, g_fp: Tensor, g_fn: Tensor) -> Tensor:
-        """``T = dL/dp`` on the statistics' channels, ``(B, K, *spatial)``, a new tensor."""
+    def _stats_dp(self, g_tp: Tensor, g_fp: Tensor, g_fn: Tensor, out: Tensor) -> None:
+        """``T = dL/dp`` on the statistics' channels, written into ``out`` ``(B, K, *spatial)``."""
         y, m = self.onehot[:, self.c0:], self.mask
         shape = g_tp.shape + (1,) * (y.ndim - 2)
         g_tp, g_fp, g_fn = g_tp.view(shape), g_fp.view(shape), g_fn.view(shape)
         if self.gamma == 1:  # T = g_fp + y (g_tp - g_fn - g_fp): g_fp where y = 0, g_tp - g_fn where y = 1
-            t = torch.mul(y, g_tp - g_fn - g_fp).add_(g_fp)  # a product and an add: 2x faster than addcmul here
+            t = torch.mul(y, g_tp - g_fn - g_fp, out=out).add_(g_fp)  # mul + add: 2x faster than addcmul here
         elif self.gamma == 2:  # slope r = y - p; 2q = 2r (y = 1), -2r (y = 0): T = y g_tp - 2r (g_fp + y (g_fn - g_fp))
-            t = torch.mul(y, -2 * (g_fn - g_fp)).add_(-2 * g_fp)
+            t = torch.mul(y, -2 * (g_fn - g_fp), out=out).add_(-2 * g_fp)
         else:  # slope q^(gamma-1): T = y g_tp + gamma q^(gamma-1) (g_fp + y (-g_fn - g_fp))
-            t = torch.mul(y, self.gamma * (-g_fn - g_fp)).add_(self.gamma * g_fp)
+            t = torch.mul(y, self.gamma * (-g_fn - g_fp), out=out).add_(self.gamma * g_fp)
         if self.gamma != 1:
             t.mul_(self.slope).addcmul_(y, g_tp)
-        return t if m is None else t.mul_(m)
+        if m is not None:
+            t.mul_(m)
 
-    def _nll_grad(self, g_nll: Tensor) -> Tensor:
-        """Gradient of the NLL mean w.r.t. the logits, ``(B, C, *spatial)``, a new tensor."""
+    def _nll_grad(self, g_nll: Tensor, grad: Optional[Tensor]) -> Tensor:
+        """Gradient of the NLL mean w.r.t. the logits, added to ``grad`` (or a new ``(B, C, *spatial)`` tensor)."""
         g = g_nll / self.count  # the mean's backward: G / N on every valid element
         if isinstance(self.nll, CategoricalNLL):
             e = self.slope_nll * g
-            return torch.sub(self.onehot, self.p).mul_(e if self.mask is None else e.mul_(self.mask))
+            e = e if self.mask is None else e.mul_(self.mask)
+            if grad is None:
+                return torch.sub(self.onehot, self.p).mul_(e)
+            for k in range(grad.shape[1]):  # (y_k - p_k) e, channel by channel
+                grad[:, k:k + 1].add_(torch.sub(self.onehot[:, k:k + 1], self.p[:, k:k + 1]).mul_(e))
+            return grad
         y = self.onehot[:, self.c0:]
         a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one
         a = a * self.mask if self.mask is not None else a
-        return Fn.one_vs_rest_grad(a, y, self.not_y, self.p, self.q, self.c0)
+        return Fn.one_vs_rest_grad(a, y, self.not_y, self.p, self.q, self.c0, out=grad)
 
 
 class _SoftmaxLabelTerms(torch.autograd.Function):
