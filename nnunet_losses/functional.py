@@ -702,63 +702,73 @@ def lovasz_grad(fg_sorted: Tensor) -> Tensor:
     return j - jaccard[..., :-1]
 
 
-def lovasz_extension(errors: Tensor, fg: Tensor) -> Tensor:
-    r"""Lovász extension of the Jaccard loss, one value per row of ``(..., N)`` errors (shape ``errors.shape[:-1]``).
+#: error maps of :func:`lovasz_extension`: Lovász-softmax's ``|y - p|`` is ``abs`` of ``p - y``, the hinge's
+#: ``max(0, 1 - x s)`` is ``relu`` of ``1 - x s``
+LOVASZ_ERROR_MAPS = {"identity": lambda v: v, "abs": torch.abs, "relu": torch.relu}
+
+
+def lovasz_extension(values: Tensor, fg: Tensor, error_map: str = "identity") -> Tensor:
+    r"""Lovász extension of the Jaccard loss of the errors ``m = error_map(values)``, one value per row of
+    ``(..., N)`` (shape ``values.shape[:-1]``).
 
     .. math:: \bar\Delta_J(m) = \sum_k m_{\pi(k)}\, g_k(\pi)
 
     with :math:`\pi` sorting the errors decreasingly (ties in voxel order) and :math:`g` from :func:`lovasz_grad`.
-    Ignored voxels must be passed with ``errors = 0`` and ``fg = 0``: they sort after every positive error and add
-    nothing. ``fg`` (a constant) may be a strided view.
+    ``error_map`` is one of :data:`LOVASZ_ERROR_MAPS`; passing the map instead of the errors lets the CPU path
+    apply it (and its derivative) inside its one pass. Ignored voxels must have error 0 and ``fg = 0``: they sort
+    after every positive error and add nothing. ``fg`` (a constant) may be a strided view.
 
-    On CPU this is :class:`_CpuLovaszExtension` (a compiled sort-and-accumulate pass, the same value and gradient
-    to rounding); elsewhere, or when ``fg`` needs a gradient, :func:`lovasz_extension_autograd`.
+    On CPU this is :class:`_CpuLovaszExtension` (a compiled sort-and-accumulate pass, the same value to rounding
+    and the same gradient); elsewhere, or when ``fg`` needs a gradient, :func:`lovasz_extension_autograd`.
     """
-    if _cpu_fast_path(errors, fg):
-        n = errors.shape[-1]
-        return _CpuLovaszExtension.apply(errors.reshape(-1, n), fg.reshape(-1, n)).view(errors.shape[:-1])
-    return lovasz_extension_autograd(errors, fg)
+    if error_map not in LOVASZ_ERROR_MAPS:
+        raise ValueError(f"error_map must be one of {sorted(LOVASZ_ERROR_MAPS)}, got {error_map!r}")
+    if _cpu_fast_path(values, fg):
+        return _CpuLovaszExtension.apply(values, fg, error_map)
+    return lovasz_extension_autograd(LOVASZ_ERROR_MAPS[error_map](values), fg)
 
 
 def lovasz_extension_autograd(errors: Tensor, fg: Tensor) -> Tensor:
-    """:func:`lovasz_extension` on any device: sort, gather, :func:`lovasz_grad`, dot product; autograd scatters
-    the gradient back through the permutation."""
+    """:func:`lovasz_extension` of errors on any device: sort, gather, :func:`lovasz_grad`, dot product; autograd
+    scatters the gradient back through the permutation."""
     perm = sort_order_descending(errors.detach())
     errors_sorted = torch.gather(errors, -1, perm)  # autograd: the gradient is scattered back through perm
     fg_sorted = torch.gather(fg, -1, perm)
     return (errors_sorted * lovasz_grad(fg_sorted)).sum(-1)
 
 
-def _cpu_fast_path(errors: Tensor, fg: Tensor) -> bool:
+def _cpu_fast_path(values: Tensor, fg: Tensor) -> bool:
     from nnunet_losses.lovasz_cpu import MAX_ROW
-    return (errors.device.type == "cpu" and fg.device.type == "cpu" and errors.dtype in (torch.float32, torch.float64)
-            and fg.dtype == errors.dtype and not fg.requires_grad and errors.ndim >= 1
-            and 0 < errors.shape[-1] < MAX_ROW and errors.numel() > 0)
+    return (values.device.type == "cpu" and fg.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
+            and fg.shape == values.shape and fg.dtype == values.dtype and not fg.requires_grad and values.ndim >= 1
+            and 0 < values.shape[-1] < MAX_ROW and values.numel() > 0)
 
 
 class _CpuLovaszExtension(torch.autograd.Function):
-    r""":func:`lovasz_extension_autograd` of ``(R, N)`` CPU rows, value and gradient from one compiled pass.
+    r""":func:`lovasz_extension` of ``(..., N)`` CPU rows, value and gradient from one compiled pass.
 
     The value is linear in the errors for a fixed order, :math:`\bar\Delta_J = \sum_k m_{\pi(k)} g_k`, so its
     gradient w.r.t. :math:`m_i` is :math:`g_k` at the sorted position :math:`k = \pi^{-1}(i)` of voxel :math:`i`
-    -- what autograd gets by scattering :math:`g` back through :math:`\pi`.
-    :func:`nnunet_losses.lovasz_cpu.extension_and_gradient` writes it there during the forward pass, so backward is
-    ``grad_output * g``; the saved ``(R, N)`` gradient replaces the int64 permutation autograd would keep.
-    The value is summed in float64 (autograd's path sums float32 products): equal to rounding.
+    -- what autograd gets by scattering :math:`g` back through :math:`\pi` -- and w.r.t. the value :math:`v_i`
+    it is that times the error map's derivative: 1, :math:`\operatorname{sign}(v_i)` (0 at 0, as torch's ``abs``)
+    or :math:`[v_i > 0]` (``relu``). :func:`nnunet_losses.lovasz_cpu.extension_and_gradient` writes it there during
+    the forward pass, so backward is ``grad_output * grad``; the saved ``(..., N)`` gradient replaces the int64
+    permutation and the error map's input autograd would keep. The value is summed in float64 (autograd's path
+    sums float32 products): equal to rounding.
     """
 
     @staticmethod
-    def forward(ctx, errors: Tensor, fg: Tensor) -> Tensor:
-        from nnunet_losses.lovasz_cpu import extension_and_gradient
-        values, grad = extension_and_gradient(errors, fg)
+    def forward(ctx, values: Tensor, fg: Tensor, error_map: str) -> Tensor:
+        from nnunet_losses.lovasz_cpu import MODES, extension_and_gradient
+        out, grad = extension_and_gradient(values, fg, MODES[error_map])
         ctx.save_for_backward(grad)
-        return values
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_values: Tensor):
+    def backward(ctx, grad_out: Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_values.unsqueeze(-1), None
+        return grad * grad_out.unsqueeze(-1), None, None
 
 
 def sort_order_descending(values: Tensor) -> Tensor:

@@ -2,13 +2,20 @@
 
 The general path (:func:`nnunet_losses.functional.lovasz_extension_autograd`) is ~12 full passes over memory:
 sort, gather the errors and the foreground, a cumulative sum, ~6 elementwise kernels for the Jaccard
-differences, the dot product, and in backward a scatter through the permutation. Here each row is sorted by an
-LSD radix sort of its float bits, and ONE sequential pass over the sorted order accumulates the foreground count,
-computes Berman's gradient ``g_k`` (:func:`~nnunet_losses.functional.lovasz_grad`'s formula, in the same
-floating-point operations, so the same bits), adds ``m_k g_k`` to the value and writes ``g_k`` straight to the
-voxel's own place. That is the whole Jacobian of the value w.r.t. the errors, so backward is a product.
+differences, the dot product, and in backward a scatter through the permutation (plus the error map's own
+forward and backward: ``abs`` / ``relu``). Here each float32 row is sorted by an LSD radix sort of its float
+bits, carrying in one 64-bit word per voxel the key, the voxel index, the foreground bit and the sign, and ONE
+sequential pass over the sorted words accumulates the foreground count, computes Berman's gradient ``g_k``
+(:func:`_jaccard_step`, the operations of :func:`~nnunet_losses.functional.lovasz_grad`, so the same bits), adds
+``m_k g_k`` to the value and writes ``g_k`` times the error map's derivative straight to the voxel's own place:
+that is the whole Jacobian of the value w.r.t. the inputs, so backward is a product.
 
-Only float32/float64 rows of fewer than 2**32 voxels; the caller takes the general path for anything else.
+Error maps (``mode``): ``IDENTITY`` (the values are the errors, non-negative), ``ABS`` (``|d|``, Lovász-softmax's
+``|y - p|``; derivative ``sign(d)``, 0 at 0 as torch's ``abs``) and ``RELU`` (``max(h, 0)``, the hinge; derivative
+``[h > 0]`` as torch's ``relu``).
+
+Rows of float64 (tests, gradcheck), rows holding a negative error (``IDENTITY`` only; never a Lovász error) and
+rows of ``MAX_ROW`` voxels or more take :func:`_extension_row_ordered` on ``torch.sort``'s order instead.
 """
 from __future__ import annotations
 
@@ -19,114 +26,209 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: LSD radix digits: 3 x 11 bits cover the 31 bits of a non-negative float32 (fewer, larger digits were no faster)
-_DIGIT_BITS = 11
-_N_DIGITS = 3
-#: the voxel index lives in the low 32 bits of each sorted 64-bit word, the key in the high ones
-_INDEX_BITS = 32
-_INDEX_MASK = (1 << _INDEX_BITS) - 1
-MAX_ROW = 1 << _INDEX_BITS
+IDENTITY, ABS, RELU = 0, 1, 2
+MODES = {"identity": IDENTITY, "abs": ABS, "relu": RELU}
+
+#: the radix sort: one MSD pass on key bits 20..30 (exponent and top mantissa bits: ~8 buckets per octave of
+#: errors), then each bucket -- small enough to stay in cache -- by two stable LSD passes on key bits 0..19; ~1.5x
+#: faster than three LSD passes of 11 bits over the whole row, which each miss the cache on every write
+_TOP_SHIFT = 20
+_TOP_BUCKETS = 1 << 11
+_LOW_BITS = 10
+#: buckets up to this size are sorted in place by numba's sort of the words: a word is unique ((key, index) order)
+_SMALL_BUCKET = 64
+#: a sorted word is ``key << 32 | index << 2 | negative << 1 | foreground``
+_KEY_SHIFT = 32
+_INDEX_SHIFT = 2
+MAX_ROW = 1 << (_KEY_SHIFT - _INDEX_SHIFT)
+_MAGNITUDE = 0x7FFFFFFF  # float32 bits without the sign; also the largest key (error 0)
+_INF_BITS = 0x7F800000  # above it: NaN
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _jaccard_step(real, gts, cumulative, k, previous):  # pragma: no cover - compiled (numba does not trace lines)
+    """``(J_k, g_k = J_k - J_{k-1})`` after ``k + 1`` sorted voxels of which ``cumulative`` are foreground, ``G =
+    gts``: intersection ``I = G - c_k``, union ``I + (k + 1)``, ``J_k = 1 - I / U`` -- lovasz_grad's operations in
+    the errors' dtype ``real`` (``cumulative`` already rounded to it, as torch's CPU ``cumsum`` rounds its float64
+    sum)."""
+    intersection = gts - cumulative
+    union = intersection + real(k + 1)
+    jaccard = real(1) - intersection / union
+    return jaccard, jaccard - previous
 
 
 @numba.njit(nogil=True, cache=True)
-def _radix_order_descending(bits, words, scratch):  # pragma: no cover - compiled (numba does not trace lines)
-    """Stable descending order of one row of float32 bit patterns (``uint32``); ``(False, _)`` on a negative value.
+def _sorted_words(bits, fg, mode, words, scratch):  # pragma: no cover - compiled
+    """Sort one float32 row (``uint32`` bits) by decreasing error, stably; returns ``(ok, soft, count, words)``.
 
     For a non-negative IEEE float the bit pattern orders exactly like the value, so the key
-    ``0x7FFFFFFF - (bits & 0x7FFFFFFF)`` ascending is the value descending; dropping the sign bit maps -0.0 to
-    +0.0 (equal values) and a NaN of either sign to a key below every number (NaN first, as ``torch.sort``).
-    Each word is ``key << 32 | index``: an LSD radix sort is stable, so equal keys keep index order, and one
-    64-bit word per voxel moves instead of a key and an index array (one write stream per bucket).
+    ``0x7FFFFFFF - magnitude`` ascending is the error descending; dropping the sign bit maps -0.0 to +0.0 (equal)
+    and a NaN of either sign to a key below every number (NaN first, as ``torch.sort``). Ascending words are
+    (key, index) order: the stable order. ``ok`` is False on a negative value in ``IDENTITY`` mode; ``soft``
+    when ``fg`` holds a value other than 0 and 1 (then its bit is unused), ``count`` the foreground voxels else.
     """
     n = bits.shape[0]
-    n_buckets = 1 << _DIGIT_BITS
-    digit_mask = n_buckets - 1
-    hist = np.zeros((_N_DIGITS, n_buckets), np.int64)
+    bounds = np.zeros(_TOP_BUCKETS + 1, np.int64)
+    n_soft = 0
+    count = 0
+    n_negative = 0
+    # branch-free on the data (integer arithmetic on comparisons, no `and`/`or`/`if`): Lovász-softmax's
+    # differences have random signs, and a mispredicted branch per voxel cost as much as the rest of this pass
     for i in range(n):
         b = np.int64(bits[i])
-        magnitude = b & 0x7FFFFFFF
-        if b != magnitude and 0 < magnitude <= 0x7F800000:  # sign bit on a non-zero, non-NaN value
-            return False, words
-        key = 0x7FFFFFFF - magnitude
-        words[i] = (key << _INDEX_BITS) | i
-        for d in range(_N_DIGITS):
-            hist[d, (key >> (d * _DIGIT_BITS)) & digit_mask] += 1
-    src, dst = words, scratch
-    for d in range(_N_DIGITS):
-        counts = hist[d]
-        if counts.max() == n:  # every key has the same digit here: this pass would not move anything
+        magnitude = b & _MAGNITUDE
+        negative = b >> 31
+        if mode != ABS:  # loop-invariant: predicted
+            negative_number = negative & np.int64(magnitude > 0) & np.int64(magnitude <= _INF_BITS)
+            n_negative += negative_number
+            magnitude *= 1 - negative_number  # RELU: max(h, 0); IDENTITY: only read if there is none
+        f = fg[i]
+        is_fg = np.int64(f == 1)
+        n_soft += np.int64(f != 0) & (1 - is_fg)
+        count += is_fg
+        key = _MAGNITUDE - magnitude
+        words[i] = (key << _KEY_SHIFT) | (i << _INDEX_SHIFT) | (negative << 1) | is_fg
+        bounds[(key >> _TOP_SHIFT) + 1] += 1
+    soft = n_soft > 0
+    if mode == IDENTITY and n_negative:
+        return False, soft, count, words
+    for bucket in range(_TOP_BUCKETS):
+        bounds[bucket + 1] += bounds[bucket]
+    fill = bounds[:-1].copy()
+    for i in range(n):  # stable MSD scatter
+        w = words[i]
+        bucket = w >> (_KEY_SHIFT + _TOP_SHIFT)
+        scratch[fill[bucket]] = w
+        fill[bucket] += 1
+    counts = np.empty((2, 1 << _LOW_BITS), np.int64)
+    for bucket in range(_TOP_BUCKETS):
+        start, end = bounds[bucket], bounds[bucket + 1]
+        if end - start < 2:
             continue
-        start = 0
-        for bucket in range(n_buckets):
-            count = counts[bucket]
-            counts[bucket] = start
-            start += count
-        shift = _INDEX_BITS + d * _DIGIT_BITS
-        for i in range(n):
-            w = src[i]
-            bucket = (w >> shift) & digit_mask
-            dst[counts[bucket]] = w
-            counts[bucket] += 1
-        src, dst = dst, src
-    return True, src
+        if end - start <= _SMALL_BUCKET:
+            scratch[start:end].sort()
+        else:
+            _sort_bucket_low_bits(scratch[start:end], words[start:end], counts)
+    return True, soft, count, scratch
 
 
 @numba.njit(nogil=True, cache=True)
-def _extension_row(errors, fg, order, grad):  # pragma: no cover - compiled
-    """Value of one row in float64; ``grad[i] = g_k`` for the voxel ``i`` at sorted position ``k``.
+def _sort_bucket_low_bits(bucket, tmp, counts):  # pragma: no cover - compiled
+    """Stable LSD sort of one MSD bucket (words sharing key bits 20..30) on key bits 0..19, in place."""
+    m = bucket.shape[0]
+    digit_mask = (1 << _LOW_BITS) - 1
+    counts[:] = 0
+    for i in range(m):
+        w = bucket[i]
+        counts[0, (w >> _KEY_SHIFT) & digit_mask] += 1
+        counts[1, (w >> (_KEY_SHIFT + _LOW_BITS)) & digit_mask] += 1
+    src, dst = bucket, tmp
+    moved = 0
+    for d in range(2):
+        c = counts[d]
+        if c.max() == m:  # every word has the same digit here: this pass would not move anything
+            continue
+        start = 0
+        for digit in range(1 << _LOW_BITS):
+            k = c[digit]
+            c[digit] = start
+            start += k
+        shift = _KEY_SHIFT + d * _LOW_BITS
+        for i in range(m):
+            w = src[i]
+            digit = (w >> shift) & digit_mask
+            dst[c[digit]] = w
+            c[digit] += 1
+        src, dst = dst, src
+        moved += 1
+    if moved == 1:  # the result is in tmp
+        bucket[:] = tmp
 
-    ``order`` holds the voxel indices in the low 32 bits (the radix words, or a plain int64 permutation).
-    ``g`` follows :func:`~nnunet_losses.functional.lovasz_grad` operation for operation in the errors' dtype:
-    ``c_k`` accumulated in float64 and rounded (as torch's CPU ``cumsum``), intersection ``I = G - c_k``, union
-    ``I + (k + 1)``, ``J_k = 1 - I / U``, ``g_k = J_k - J_{k-1}``.
-    """
-    real = errors.dtype.type
-    n = errors.shape[0]
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_foreground_sum(fg, words):  # pragma: no cover - compiled
+    """``G`` of soft targets, summed in the sorted order as torch's ``cumsum`` ends (a 0/1 count is exact)."""
     total = 0.0
-    soft = False
-    for i in range(n):
-        total += fg[i]
-        soft |= fg[i] != 0 and fg[i] != 1
-    if soft:  # G as torch's cumsum ends: summed in the sorted order (a 0/1 count is exact in any order)
-        total = 0.0
-        for k in range(n):
-            total += fg[order[k] & _INDEX_MASK]
-    gts = real(total)
+    for k in range(words.shape[0]):
+        total += fg[(words[k] & 0xFFFFFFFF) >> _INDEX_SHIFT]
+    return total
+
+
+@numba.njit(nogil=True, cache=True)
+def _extension_row_words(words, fg, soft, count, mode, grad):  # pragma: no cover - compiled
+    """Value (float64) of one float32 row from its sorted words; ``grad[i]`` = ``g_k`` x the error map's derivative."""
+    real = grad.dtype.type  # float32
+    gts = real(_sorted_foreground_sum(fg, words) if soft else count)
+    bits = np.empty(1, np.uint32)
+    error = bits.view(np.float32)  # error[0] reads bits[0] as a float: the error from its key
+    sign_weight = 2 if mode == ABS else 0  # ABS: derivative -1 where the value was negative
+    zero_weight = 0 if mode == IDENTITY else 1  # ABS, RELU: derivative 0 at error 0
     cumulative = 0.0
     previous = real(0)
     value = 0.0
-    for k in range(n):
-        i = order[k] & _INDEX_MASK
-        cumulative += fg[i]
-        intersection = gts - real(cumulative)
-        union = intersection + real(k + 1)
-        jaccard = real(1) - intersection / union
-        g = jaccard - previous
-        previous = jaccard
-        grad[i] = g
-        value += np.float64(errors[i]) * np.float64(g)
+    for k in range(words.shape[0]):
+        w = words[k]
+        i = (w & 0xFFFFFFFF) >> _INDEX_SHIFT
+        cumulative += fg[i] if soft else w & 1
+        previous, g = _jaccard_step(real, gts, real(cumulative), k, previous)
+        magnitude = _MAGNITUDE - (w >> _KEY_SHIFT)
+        bits[0] = magnitude
+        value += np.float64(error[0]) * np.float64(g)
+        # the map's derivative, +-1 or 0, without a branch on the (random) sign; g * -1 = -g and g * 0 = +-0 exactly
+        derivative = (1 - sign_weight * ((w >> 1) & 1)) * (zero_weight * (magnitude != 0) + 1 - zero_weight)
+        grad[i] = g * real(derivative)
     return value
 
 
 @numba.njit(nogil=True, cache=True)
-def _extension_rows_radix(errors, fg, grad, values, sorted_ok):  # pragma: no cover - compiled
-    """Every float32 row on the radix order; rows holding a negative value are left for the caller."""
-    n = errors.shape[1]
-    words = np.empty(n, np.int64)
-    scratch = np.empty(n, np.int64)
-    for r in range(errors.shape[0]):
-        ok, order = _radix_order_descending(errors[r].view(np.uint32), words, scratch)
-        sorted_ok[r] = ok
-        if ok:
-            values[r] = _extension_row(errors[r], fg[r], order, grad[r])
+def _extension_row_ordered(values, fg, order, mode, grad):  # pragma: no cover - compiled
+    """:func:`_extension_row_words` of one row of any float dtype, on a given permutation (``torch.sort``'s)."""
+    real = values.dtype.type
+    total = 0.0
+    for k in range(order.shape[0]):
+        total += fg[order[k]]
+    gts = real(total)
+    cumulative = 0.0
+    previous = real(0)
+    value = 0.0
+    for k in range(order.shape[0]):
+        i = order[k]
+        cumulative += fg[i]
+        previous, g = _jaccard_step(real, gts, real(cumulative), k, previous)
+        v = values[i]
+        error = abs(v) if mode == ABS else (max(v, real(0)) if mode == RELU else v)
+        value += np.float64(error) * np.float64(g)
+        if mode == IDENTITY or (mode == RELU and v > 0):
+            grad[i] = g
+        elif mode == ABS and v != 0:
+            grad[i] = g if v > 0 else -g
+        else:
+            grad[i] = 0
+    return value
 
 
 @numba.njit(nogil=True, cache=True)
-def _extension_rows_ordered(errors, fg, rows, orders, grad, values):  # pragma: no cover - compiled
-    """Rows ``rows[j]`` on the given permutations ``orders[j]``."""
+def _extension_rows_radix(values, fg, mode, grad, out, sorted_ok):  # pragma: no cover - compiled
+    """Every float32 row of ``(S, K, N)`` on its radix order; rows holding a negative error are left
+    (``sorted_ok``) to the caller. 3-D so that ``fg`` can be a channel slice ``(B, K, N)`` of the one-hot target
+    without a copy."""
+    n = values.shape[2]
+    words = np.empty(n, np.int64)
+    scratch = np.empty(n, np.int64)
+    for s in range(values.shape[0]):
+        for k in range(values.shape[1]):
+            ok, soft, count, ordered = _sorted_words(values[s, k].view(np.uint32), fg[s, k], mode, words, scratch)
+            sorted_ok[s, k] = ok
+            if ok:
+                out[s, k] = _extension_row_words(ordered, fg[s, k], soft, count, mode, grad[s, k])
+
+
+@numba.njit(nogil=True, cache=True)
+def _extension_rows_ordered(values, fg, mode, rows, orders, grad, out):  # pragma: no cover - compiled
+    """Rows ``rows[j] = (s, k)`` of ``(S, K, N)`` on the given permutations ``orders[j]``."""
     for j in range(rows.shape[0]):
-        r = rows[j]
-        values[r] = _extension_row(errors[r], fg[r], orders[j], grad[r])
+        s, k = rows[j, 0], rows[j, 1]
+        out[s, k] = _extension_row_ordered(values[s, k], fg[s, k], orders[j], mode, grad[s, k])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -134,21 +236,22 @@ def _radix_orders(bits, orders, sorted_ok):  # pragma: no cover - compiled
     n = bits.shape[1]
     words = np.empty(n, np.int64)
     scratch = np.empty(n, np.int64)
+    no_fg = np.zeros(n, np.uint8)
     for r in range(bits.shape[0]):
-        ok, order = _radix_order_descending(bits[r], words, scratch)
+        ok, _, _, ordered = _sorted_words(bits[r], no_fg, IDENTITY, words, scratch)
         sorted_ok[r] = ok
         if ok:
             for k in range(n):
-                orders[r, k] = order[k] & _INDEX_MASK
+                orders[r, k] = (ordered[k] & 0xFFFFFFFF) >> _INDEX_SHIFT
 
 
-def _torch_order(rows: Tensor) -> Tensor:
-    return torch.sort(rows, dim=-1, descending=True, stable=True).indices
+def _torch_order(errors: Tensor) -> Tensor:
+    return torch.sort(errors, dim=-1, descending=True, stable=True).indices
 
 
 def sort_order_rows(values: Tensor) -> Tensor:
     """``torch.sort(values, -1, descending=True, stable=True).indices`` of a CPU float32 ``(R, N)`` tensor,
-    ``N < 2**32``, by the radix sort (rows holding a negative value by ``torch.sort``)."""
+    ``N < MAX_ROW``, by the radix sort (rows holding a negative value by ``torch.sort``)."""
     orders = torch.empty(values.shape, dtype=torch.int64)
     sorted_ok = np.empty(values.shape[0], np.bool_)
     _radix_orders(values.detach().contiguous().numpy().view(np.uint32), orders.numpy(), sorted_ok)
@@ -158,22 +261,26 @@ def sort_order_rows(values: Tensor) -> Tensor:
     return orders
 
 
-def extension_and_gradient(errors: Tensor, fg: Tensor) -> Tuple[Tensor, Tensor]:
-    """Lovász extension of every row of CPU ``(R, N)`` errors and its gradient w.r.t. them, ``(R,)`` and ``(R, N)``.
+def _rows(t: Tensor, n_channels: int) -> np.ndarray:
+    """``(S, K, N)`` numpy view of a ``(..., K, N)`` tensor (a copy only where torch cannot reshape to a view)."""
+    return t.detach().reshape(-1, n_channels, t.shape[-1]).numpy()
 
-    float32 rows are sorted by the radix sort; float64 rows (tests, gradcheck) and rows holding a negative value
-    by ``torch.sort`` -- the same stable descending order either way.
-    """
-    e = errors.detach().contiguous().numpy()
-    f = fg.detach().numpy()
-    grad = np.empty_like(e)
-    values = np.empty(e.shape[0], np.float64)
-    sorted_ok = np.zeros(e.shape[0], np.bool_)
-    if e.dtype == np.float32:
-        _extension_rows_radix(e, f, grad, values, sorted_ok)
-    left = np.flatnonzero(~sorted_ok)
+
+def extension_and_gradient(values: Tensor, fg: Tensor, mode: int) -> Tuple[Tensor, Tensor]:
+    """Lovász extension of the errors ``mode(values)`` of every row of CPU ``(..., N)`` values, ``N < MAX_ROW``, and
+    its gradient w.r.t. the values: shapes ``values.shape[:-1]`` and ``values.shape``."""
+    n_channels = values.shape[-2] if values.ndim >= 2 else 1
+    v = _rows(values.contiguous(), n_channels)
+    f = _rows(fg, n_channels)
+    grad = np.empty_like(v)
+    out = np.empty(v.shape[:2], np.float64)
+    sorted_ok = np.zeros(v.shape[:2], np.bool_)
+    if v.dtype == np.float32:
+        _extension_rows_radix(v, f, mode, grad, out, sorted_ok)
+    left = np.argwhere(~sorted_ok)
     if len(left):
-        rows = torch.from_numpy(left)
-        orders = _torch_order(errors.detach()[rows]).numpy()
-        _extension_rows_ordered(e, f, left, orders, grad, values)
-    return torch.from_numpy(values).to(errors.dtype), torch.from_numpy(grad)
+        rows = torch.from_numpy(v[left[:, 0], left[:, 1]])
+        errors = rows.abs() if mode == ABS else (rows.relu() if mode == RELU else rows)
+        _extension_rows_ordered(v, f, mode, left, _torch_order(errors).numpy(), grad, out)
+    return (torch.from_numpy(out).to(values.dtype).view(values.shape[:-1]),
+            torch.from_numpy(grad).view(values.shape))

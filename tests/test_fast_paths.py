@@ -187,16 +187,21 @@ def test_cpu_lovasz_equals_the_autograd_path(dtype, region, soft, ignore, batch_
 
 
 @pytest.mark.parametrize("soft", [False, True])
-def test_cpu_lovasz_extension_gradcheck_and_once_differentiable(soft):
+@pytest.mark.parametrize("error_map", ["identity", "abs", "relu"])
+def test_cpu_lovasz_extension_gradcheck_and_once_differentiable(soft, error_map):
     g = torch.Generator().manual_seed(5 + soft)
-    errors = torch.rand(3, 40, generator=g, dtype=torch.float64)  # distinct: the order is locally constant
-    errors[1, 7] = 0.0  # an ignored voxel (error 0, no foreground)
+    values = torch.rand(3, 40, generator=g, dtype=torch.float64)  # distinct errors: the order is locally constant
+    if error_map != "identity":  # both signs, no error within gradcheck's step of another or of the kink at 0
+        values = torch.where(torch.rand(3, 40, generator=g) > 0.5, values, -values - 1)
+    else:
+        values[1, 7] = 0.0  # an ignored voxel (error 0, no foreground; abs and relu have their kink there)
     fg = torch.rand(3, 40, generator=g, dtype=torch.float64)
     fg = fg if soft else (fg > 0.6).to(torch.float64)
     fg[1, 7] = 0.0
-    errors.requires_grad_()
-    assert torch.autograd.gradcheck(lambda e: Fn.lovasz_extension(e, fg), (errors,), eps=1e-7, atol=1e-8)
-    (grad,) = torch.autograd.grad(Fn.lovasz_extension(errors, fg).sum(), errors, create_graph=True)
+    values.requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: Fn.lovasz_extension(v, fg, error_map), (values,), eps=1e-7,
+                                    atol=1e-8)
+    (grad,) = torch.autograd.grad(Fn.lovasz_extension(values, fg, error_map).sum(), values, create_graph=True)
     with pytest.raises(RuntimeError):
         grad.sum().backward()
 

@@ -41,28 +41,28 @@ class LovaszLoss(SegmentationLoss):
     def compute(self, batch: PreparedBatch) -> Tensor:
         c0 = batch.first_channel(self.do_bg)
         fg = batch.onehot[:, c0:]
-        # Both error maps are written so that backward skips a negation (each is bit for bit the textbook form):
+        # the error maps' inputs; lovasz_extension applies abs / relu (inside its one pass on CPU)
         if batch.region_based:  # relu(1 - x * s), s = 2y - 1; relu before sorting: same order, Berman's value
-            errors = torch.relu(batch.logits * torch.sub(1, fg, alpha=2) + 1)  # x * (1 - 2y) = -(x * s), exactly
-        else:  # |y - p|
-            errors = (batch.probs[:, c0:] - fg).abs()
+            values, error_map = batch.logits * torch.sub(1, fg, alpha=2) + 1, "relu"  # x(1 - 2y) = -(x s), exactly
+        else:  # |y - p| = |p - y|
+            values, error_map = batch.probs[:, c0:] - fg, "abs"
         if batch.mask is not None:  # ignored voxels: error 0 and no foreground -> sorted last, contribute nothing
-            errors = errors * batch.mask
+            values = values * batch.mask  # map(v) * mask = map(v * mask) exactly for both maps, as mask >= 0
             fg = fg * batch.mask
-        n_samples, n_channels = errors.shape[:2]
-        errors = errors.reshape(n_samples, n_channels, -1)
+        n_samples, n_channels = values.shape[:2]
+        values = values.reshape(n_samples, n_channels, -1)
         fg = fg.reshape(n_samples, n_channels, -1)
         if self.batch_dice:
             if self.ddp:
                 from nnunetv2.utilities.ddp_allgather import AllGatherGrad
-                errors = AllGatherGrad.apply(errors).flatten(0, 1)
+                values = AllGatherGrad.apply(values).flatten(0, 1)
                 fg = AllGatherGrad.apply(fg).flatten(0, 1)
             # one row per channel holding every voxel of the batch
-            errors = errors.transpose(0, 1).reshape(n_channels, -1)
+            values = values.transpose(0, 1).reshape(n_channels, -1)
             fg = fg.transpose(0, 1).reshape(n_channels, -1)
-            losses = Fn.lovasz_extension(errors, fg).view(1, n_channels)
+            losses = Fn.lovasz_extension(values, fg, error_map).view(1, n_channels)
         else:
-            losses = Fn.lovasz_extension(errors, fg)  # (B, K) rows, fg gathered from its strided view, no copy
+            losses = Fn.lovasz_extension(values, fg, error_map)  # (B, K) rows; fg read from its strided view
         if batch.region_based or not self.only_present:
             return losses.mean()
         # mean over present classes per image (0 for an image without any), then over images -- as Berman et al.
