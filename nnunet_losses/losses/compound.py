@@ -30,7 +30,7 @@ class DiceCELoss(OverlapLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         stats, ce = self.stats_and_nll(batch, categorical_nll(batch.logits.shape[1]),
-                                       lambda: Fn.masked_mean(voxel_focal_nll(batch), batch.mask))
+                                       lambda: Fn.masked_mean(voxel_focal_nll(batch), batch.mask), region_nll={})
         return self.weight_ce * ce + self.weight_dice * self.dice_loss(batch, stats)
 
 
@@ -54,7 +54,8 @@ class ComboLoss(OverlapLoss):
         self.gamma_pp = check_exponent("gamma_pp", gamma_pp)
 
     def compute(self, batch: PreparedBatch) -> Tensor:
-        stats, mce = self.stats_and_nll(batch, OneVsRestNLL(self.beta, 1 - self.beta), lambda: self.modified_ce(batch))
+        stats, mce = self.stats_and_nll(batch, OneVsRestNLL(self.beta, 1 - self.beta), lambda: self.modified_ce(batch),
+                                        region_nll=dict(fg_weight=self.beta, bg_weight=1 - self.beta))
         return self.alpha * mce + (1 - self.alpha) * self.dice_loss(batch, stats)
 
     def modified_ce(self, batch: PreparedBatch) -> Tensor:
@@ -122,5 +123,5 @@ class UnifiedFocalLoss(OverlapLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         spec = categorical_nll(batch.logits.shape[1], **self.focal_params())
-        stats, focal = self.stats_and_nll(batch, spec, lambda: self.focal_term(batch))
+        stats, focal = self.stats_and_nll(batch, spec, lambda: self.focal_term(batch), region_nll=self.focal_params())
         return self.lambda_ * focal + (1 - self.lambda_) * self.focal_tversky_term(batch, stats)

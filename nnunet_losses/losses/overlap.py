@@ -17,6 +17,7 @@ from nnunet_losses import functional as Fn
 from nnunet_losses.segmentation_loss import SegmentationLoss, check_bool, check_range
 from nnunet_losses.batch import PreparedBatch
 from nnunet_losses.softmax_terms import LabelTerms, VoxelNLL, softmax_label_terms
+from nnunet_losses.losses.pixelwise import region_terms
 
 _INF = float("inf")
 
@@ -53,6 +54,9 @@ class OverlapLoss(SegmentationLoss):
         terms = self.label_terms(batch)
         if terms is not None:
             return Fn.reduce_stats(terms.stats, self.batch_dice, self.ddp)
+        fused = None if self.metric_intersection else region_terms(batch, self.fp_fn_exponent)
+        if fused is not None:  # hard region maps: one fused sigmoid pass (nnunet_losses.sigmoid_fused)
+            return Fn.reduce_stats(fused[0], self.batch_dice, self.ddp)
         c0 = batch.first_channel(self.do_bg)
         if self.metric_intersection:
             stats = Fn.metric_overlap_stats(batch.probs[:, c0:], batch.onehot[:, c0:], batch.mask)
@@ -61,13 +65,22 @@ class OverlapLoss(SegmentationLoss):
                                      hard=batch.hard)
         return Fn.reduce_stats(stats, self.batch_dice, self.ddp)
 
-    def stats_and_nll(self, batch: PreparedBatch, nll: VoxelNLL, general_nll: Callable[[], Tensor]
-                      ) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tensor]:
+    def stats_and_nll(self, batch: PreparedBatch, nll: VoxelNLL, general_nll: Callable[[], Tensor],
+                      region_nll: Optional[dict] = None) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tensor]:
         """:meth:`stats` and a voxel NLL's mean over valid voxels (``general_nll()``, the formula as written).
 
         On label maps both come from one softmax pass with one backward
-        (:func:`~nnunet_losses.softmax_terms.softmax_label_terms`, the same values and gradients to rounding).
+        (:func:`~nnunet_losses.softmax_terms.softmax_label_terms`, the same values and gradients to rounding);
+        on hard region maps from one sigmoid pass (:func:`~nnunet_losses.losses.pixelwise.region_terms`), where
+        ``region_nll`` (the keyword arguments of :func:`~nnunet_losses.losses.pixelwise.voxel_focal_nll`) says
+        which binary NLL ``general_nll`` computes.
         """
+        if batch.region_based:
+            fused = None if self.metric_intersection or region_nll is None else region_terms(
+                batch, self.fp_fn_exponent, region_nll)
+            if fused is not None and fused[0] is not None:
+                return Fn.reduce_stats(fused[0], self.batch_dice, self.ddp), fused[1]
+            return self.stats(batch), general_nll()
         terms = self.label_terms(batch, nll)
         if terms is None:
             return self.stats(batch), general_nll()

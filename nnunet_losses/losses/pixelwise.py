@@ -1,13 +1,14 @@
 """Distribution-based (per-voxel) losses: CE, weighted CE, Focal."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from nnunet_losses import functional as Fn
+from nnunet_losses import sigmoid_fused
 from nnunet_losses.segmentation_loss import SegmentationLoss, check_range
 from nnunet_losses.batch import PreparedBatch
 from nnunet_losses.softmax_terms import CategoricalNLL
@@ -48,6 +49,41 @@ def categorical_nll(n_classes: int, fg_weight: float | Tensor = 1.0, bg_weight: 
     return CategoricalNLL(class_weights, gammas)
 
 
+def region_terms(batch: PreparedBatch, stats_gamma: Optional[float], focal: Optional[dict] = None
+                 ) -> Optional[Tuple[Optional[Tuple[Tensor, Tensor, Tensor]], Optional[Tensor]]]:
+    """From one fused pass (:mod:`nnunet_losses.sigmoid_fused`) for hard region maps: ``(TP, FP, FN)`` (``(B, R)``)
+    with FP/FN exponent ``stats_gamma`` (None: not asked for) and, for ``focal`` (the keyword arguments
+    ``fg_weight, bg_weight, fg_gamma, bg_gamma`` of :func:`voxel_focal_nll`; None: not asked for), the mean of
+    :func:`voxel_focal_nll` over the valid voxels. None where the general formulas apply (label maps, soft region
+    maps, other FP/FN exponents, saturated logits)."""
+    if not (batch.region_based and batch.hard):
+        return None
+    if stats_gamma is not None and float(stats_gamma) not in sigmoid_fused.FUSED_STATS_GAMMAS:
+        return None
+    focal = None if focal is None else {"fg_weight": 1.0, "bg_weight": 1.0, "fg_gamma": 0.0, "bg_gamma": 0.0, **focal}
+    gammas = None if focal is None else (focal["fg_gamma"], focal["bg_gamma"])
+    # one sum of both sides when they are weighted alike (CE, Focal with alpha 1/2, Combo with beta 1/2)
+    alike = focal is not None and not isinstance(focal["fg_weight"], Tensor) and focal["fg_weight"] == focal["bg_weight"]
+    out = sigmoid_fused.sigmoid_hard_terms(batch.logits, batch.onehot, batch.mask, stats_gamma, gammas, split=not alike)
+    if out is None:
+        return None
+    stats, sums = out
+    if focal is None:
+        return stats, None
+    return stats, sigmoid_fused.focal_mean_from_sums(sums, focal["fg_weight"], focal["bg_weight"], batch.mask,
+                                                     batch.logits)
+
+
+def focal_nll_mean(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,
+                   fg_gamma: float = 0.0, bg_gamma: float = 0.0, class_weights: Optional[Tensor] = None) -> Tensor:
+    """Mean of :func:`voxel_focal_nll` over the valid voxels (and channels): fused for hard region maps."""
+    focal = {"fg_weight": fg_weight, "bg_weight": bg_weight, "fg_gamma": fg_gamma, "bg_gamma": bg_gamma}
+    fused = None if class_weights is not None else region_terms(batch, None, focal)
+    if fused is not None:
+        return fused[1]
+    return Fn.masked_mean(voxel_focal_nll(batch, fg_weight, bg_weight, fg_gamma, bg_gamma, class_weights), batch.mask)
+
+
 class CrossEntropyLoss(SegmentationLoss):
     r"""Cross-entropy, averaged over the non-ignored voxels.
 
@@ -56,11 +92,11 @@ class CrossEntropyLoss(SegmentationLoss):
     """
 
     def compute(self, batch: PreparedBatch) -> Tensor:
-        if batch.region_based and batch.mask is None:
+        if batch.region_based and batch.mask is None and not batch.hard:
             # torch's own 'mean' reduction is this mean of the same per-element terms (the same value bit for bit,
             # the gradient to rounding), without keeping the per-element map or a separate mean backward pass
             return F.binary_cross_entropy_with_logits(batch.logits, batch.onehot)
-        return Fn.masked_mean(voxel_focal_nll(batch), batch.mask)
+        return focal_nll_mean(batch)
 
 
 class WeightedCrossEntropyLoss(SegmentationLoss):
@@ -93,10 +129,8 @@ class WeightedCrossEntropyLoss(SegmentationLoss):
         if batch.logits.dtype == torch.float64:  # the float32 buffers are rounded: use exact weights in float64
             weights, neg_weights = Fn.class_weights_from_priors(self.class_priors, batch.region_based)
         if batch.region_based:
-            nll = voxel_focal_nll(batch, fg_weight=weights, bg_weight=neg_weights)
-        else:
-            nll = voxel_focal_nll(batch, class_weights=weights)
-        return Fn.masked_mean(nll, batch.mask)
+            return focal_nll_mean(batch, fg_weight=weights, bg_weight=neg_weights)
+        return focal_nll_mean(batch, class_weights=weights)
 
 
 class FocalLoss(SegmentationLoss):
@@ -116,5 +150,4 @@ class FocalLoss(SegmentationLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         fg, bg = (1.0, 1.0) if self.alpha is None else (self.alpha, 1 - self.alpha)
-        nll = voxel_focal_nll(batch, fg, bg, self.gamma, self.gamma)
-        return Fn.masked_mean(nll, batch.mask)
+        return focal_nll_mean(batch, fg, bg, self.gamma, self.gamma)

@@ -1,0 +1,258 @@
+r"""One fused pass for region (sigmoid) training with hard targets: overlap statistics and the focal BCE sums.
+
+Every region loss is a function of a few numbers per sample and region: the overlap statistics of
+:func:`~nnunet_losses.functional.overlap_stats` (TP, FP, FN, with DSC++'s exponent) and the two halves of the
+(weighted, focal) binary NLL of :func:`~nnunet_losses.functional.binary_focal_nll`,
+
+.. math:: L^+ = \sum_i m_i\, y_i\, (1-q_i)^{\gamma^+} \log q_i, \qquad
+          L^- = \sum_i m_i\, (1-y_i)\, (1-q_i)^{\gamma^-} \log q_i
+
+(``q`` the probability of the reference's side: ``p`` where ``y = 1``, ``1 - p`` where ``y = 0``; ``m`` the
+voxel mask). :func:`sigmoid_hard_terms` returns these ``(B, R)`` numbers from one sigmoid, and its backward maps
+their gradients back to the logits in one pass; the losses combine them with ordinary autograd (the weights
+``w+ L+ + w- L-``, the means, the scores). This is a speed-up only: the same values and gradients as the general
+formulas, to rounding (tests/test_fast_paths.py), for targets holding only 0 and 1 (``PreparedBatch.hard``).
+
+Gradient (derivation). With ``p = sigmoid(x)``, ``dp/dx = p (1 - p)``:
+
+* ``gamma = 1``: ``TP = sum m p y``, ``FP = sum m p - TP``, ``FN = sum m y - TP``, so
+  ``dL/dp = m (g_FP + y (g_TP - g_FP - g_FN))``;
+* ``gamma = 2``: with ``r = y - p`` (``1 - p`` where ``y = 1``, ``-p`` where ``y = 0``) the FP and FN terms
+  are ``m r^2 (1 - y)`` and ``m r^2 y``, so ``dL/dp = m (g_TP y - 2 r (g_FP + y (g_FN - g_FP)))``;
+* focal sums: with the side's sign ``s = 2y - 1``, ``z = s x``, ``q = sigmoid(z)``, ``u = 1 - q = sigmoid(-z)``,
+  ``d log q / dz = u``, ``du/dz = -q u`` and the focal factor ``F = safe_pow(u, gamma)``:
+  ``d(F log q)/dx = s u (F - q log q F'(u))`` =: ``G`` (``F'`` as autograd takes it through ``safe_pow``, see
+  :func:`~nnunet_losses.functional._focal_factor_and_derivative`); for ``gamma = 0``, ``G = s u = y - p``.
+  So ``dL/dx = m G (g_L- + y (g_L+ - g_L-))``.
+
+The logits' gradient is ``p (1 - p) dL/dp + (focal part)``: a handful of elementwise passes, against the dozen
+full-size kernels and saved intermediates of the autograd graph. ``log q`` is taken as ``log(sigmoid(z))``
+(a third of ``logsigmoid``'s time); where some ``q`` is below ``1e-30`` (a logit ~70 on the wrong side) it
+would lose precision, and :func:`sigmoid_hard_terms` returns None so that the caller takes the general formula.
+Where ``q`` rounds to 1 (``z > 17`` in float32) ``log q`` is 0 instead of ``-exp(-z)``: an absolute error
+below float32's epsilon per element, as in ``torch.nn.functional.binary_cross_entropy_with_logits`` itself.
+Differentiable once (double backward raises).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from nnunet_losses.functional import POW_EPS
+
+#: Below this side probability ``q`` the focal sums take the general formula (see the module docstring).
+_Q_MIN = 1e-30
+#: FP/FN exponents the fused statistics cover; others take :func:`~nnunet_losses.functional.overlap_stats`.
+FUSED_STATS_GAMMAS = (1.0, 2.0)
+
+Stats = Tuple[Tensor, Tensor, Tensor]
+
+
+def sigmoid_hard_terms(logits: Tensor, y: Tensor, mask: Optional[Tensor], stats_gamma: Optional[float] = None,
+                       focal_gammas: Optional[Tuple[float, float]] = None, split: bool = True
+                       ) -> Optional[Tuple[Optional[Stats], Optional[Tuple[Tensor, Tensor]]]]:
+    """``((TP, FP, FN), (L+, L-))`` of ``sigmoid(logits)``, each ``(B, R)``; a part not asked for is None.
+
+    ``y`` (logits' dtype) and ``mask`` (``(B, 1, ...)``) must hold only 0 and 1. ``stats_gamma`` (1 or 2, see
+    :data:`FUSED_STATS_GAMMAS`) asks for the overlap statistics, ``focal_gammas = (gamma+, gamma-)`` for the focal
+    sums (``(0, 0)``: the two halves of the BCE). ``split=False`` (both sides weighted alike) returns
+    ``(L+ + L-, None)``, one pass less each way. Returns None (take the general formulas) when a side probability
+    ``q`` is below 1e-30.
+    """
+    if stats_gamma is not None and float(stats_gamma) not in FUSED_STATS_GAMMAS:
+        raise ValueError(f"the fused statistics cover FP/FN exponents {FUSED_STATS_GAMMAS}, got {stats_gamma}")
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    gammas = None if focal_gammas is None else (float(focal_gammas[0]), float(focal_gammas[1]))
+    bce = gammas == (0.0, 0.0)
+    with torch.no_grad():
+        # p = sigmoid(x) for the statistics and the BCE gradient y - p (torch's own, sigmoid(x) - y)
+        p = torch.sigmoid(logits) if stats_gamma is not None or bce else None
+        side = None
+        if gammas is not None:
+            # z = s x with s = 2y - 1 = +-1 (exact); s itself is not kept: backward folds it into the side weights
+            z = torch.mul(y, 2).sub_(1).mul_(logits)
+            u = None if bce else torch.neg(z).sigmoid_()  # u = 1 - q = sigmoid(-z), exact where q rounds to 1
+            q = z.sigmoid_()
+            if bool(q.amin() < _Q_MIN):  # amin: one reduction, no bool map
+                return None
+            side = (q, u)
+    out = _SigmoidHardTerms.apply(logits, y, mask, p, side, None if stats_gamma is None else float(stats_gamma),
+                                  gammas, split, acc)
+    stats = tuple(out[:3]) if stats_gamma is not None else None
+    return stats, ((out[3], out[4] if split else None) if gammas is not None else None)
+
+
+class _SigmoidHardTerms(torch.autograd.Function):
+    """Forward and one-pass backward of :func:`sigmoid_hard_terms` (derivation in the module docstring).
+
+    Every full-size map is written into a buffer of ours where one is free (``out=``, in place), and backward
+    writes the gradient into a forward buffer: on this CPU a fresh 6 MB tensor costs about as much as the pass
+    that fills it (page faults). The maps backward reads are kept on ``ctx`` (they are not inputs or outputs) and
+    consumed in place, so a second backward through the same graph (``retain_graph=True``) raises.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, y, mask, p, side, stats_gamma, focal_gammas, split, acc):
+        axes = tuple(range(2, logits.ndim))
+        ym = y if mask is None else y * mask
+        tp, fp, fn, l_pos, l_neg = (logits.new_zeros(()) for _ in range(5))  # parts not asked for
+        free = []  # full-size buffers of ours that nothing reads any more
+        r = None
+        if stats_gamma == 1:
+            work = torch.mul(p, ym)
+            tp = work.sum(axes, dtype=acc)
+            p_sum = torch.mul(p, mask, out=work).sum(axes, dtype=acc) if mask is not None else p.sum(axes, dtype=acc)
+            fp, fn = p_sum - tp, ym.sum(axes, dtype=acc) - tp
+            free.append(work)
+        elif stats_gamma == 2:  # r^2 is the FP term where y = 0 and the FN term where y = 1
+            r = y - p
+            r2 = r * r
+            fn_map = r2 * ym
+            fn = fn_map.sum(axes, dtype=acc)
+            fp_map = r2.sub_(fn_map)
+            if mask is not None:
+                fp_map.mul_(mask)
+            fp = fp_map.sum(axes, dtype=acc)
+            tp = torch.mul(p, ym, out=fn_map).sum(axes, dtype=acc)
+            free += [fp_map, fn_map]
+        g_map = None
+        if focal_gammas is not None:
+            values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free)
+            if mask is not None:
+                values.mul_(mask)
+            if split:  # (1 - y) m F log q as m F log q - y m F log q, in place: exact for y in {0, 1}
+                pos_map = torch.mul(values, y, out=free.pop()) if free else values * y
+                l_pos = pos_map.sum(axes, dtype=acc)
+                l_neg = values.sub_(pos_map).sum(axes, dtype=acc)
+                free.append(pos_map)
+            else:
+                l_pos = values.sum(axes, dtype=acc)
+            free.append(values)
+        ctx.stats_gamma, ctx.focal, ctx.split = stats_gamma, focal_gammas is not None, split
+        ctx.signed = focal_gammas == (0.0, 0.0)  # g_map is G (BCE: y - p), else G / s (s folded in below)
+        ctx.save_for_backward(y, mask)
+        ctx.maps = (p if stats_gamma is not None else None, r, g_map, free[-1] if free else None)
+        return tp, fp, fn, l_pos, l_neg
+
+    @staticmethod
+    @once_differentiable  # the derivatives are written out without a graph: refuse double backward
+    def backward(ctx, g_tp, g_fp, g_fn, g_pos, g_neg):
+        if ctx.maps is None:
+            raise RuntimeError("the fused region loss (nnunet_losses.sigmoid_fused) was already differentiated once: "
+                               "it does not support backward twice through one graph (retain_graph=True)")
+        y, mask = ctx.saved_tensors
+        p, r, g_map, out = ctx.maps
+        ctx.maps = None  # the buffers are consumed in place below
+        shape = y.shape[:2] + (1,) * (y.ndim - 2)
+        grad = None
+        if ctx.stats_gamma == 1:  # dL/dp = g_FP + y (g_TP - g_FP - g_FN)
+            grad = torch.mul(y, (g_tp - g_fp - g_fn).view(shape), out=out).add_(g_fp.view(shape))
+        elif ctx.stats_gamma == 2:  # dL/dp = g_TP y - 2 r (g_FP + y (g_FN - g_FP))
+            grad = torch.mul(y, (-2 * (g_fn - g_fp)).view(shape), out=out).add_((-2 * g_fp).view(shape)).mul_(r)
+            grad.addcmul_(y, g_tp.view(shape))
+        if grad is not None:  # times dp/dx = p (1 - p), in place
+            torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
+        if ctx.focal:  # dL/dx = G (g_L- + y (g_L+ - g_L-)); G g_L+ when not split
+            if not ctx.signed:  # g_map = G / s: the side weights times s = +1 (y = 1) and s = -1 (y = 0)
+                g_neg = -(g_neg if ctx.split else g_pos)
+                split = True
+            else:
+                split = ctx.split
+            if grad is None:
+                grad = g_map.mul_(g_pos.view(shape)) if not split else torch.mul(g_map, g_neg.view(shape), out=out)
+            else:
+                grad.addcmul_(g_map, (g_pos if not split else g_neg).view(shape))
+            if split:
+                grad.addcmul_(g_map.mul_(y), (g_pos - g_neg).view(shape))
+        if mask is not None:
+            grad.mul_(mask)
+        return grad, None, None, None, None, None, None, None, None
+
+
+def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Optional[Tensor], side,
+                            gammas: Tuple[float, float], free: list) -> Tuple[Tensor, Tensor]:
+    """The unmasked maps ``F log q`` and ``G / s = d(F log q)/dz`` of the module docstring (for the BCE ``G``
+    itself, ``y - p``), written into ``side``'s maps and ``free``'s buffers where possible (``p_free``: nothing
+    else reads ``p``, it may be overwritten); maps nothing reads any more are added to ``free``."""
+    q, u = side
+    if gammas == (0.0, 0.0):  # BCE: F = 1, G = y - p (torch's own BCE gradient, sigmoid(x) - y)
+        if r is not None:  # the DSC++ statistics' r = y - p
+            g_map = r
+        elif p_free:  # -(p - y) in place: negation is exact
+            g_map = p.sub_(y).neg_()
+        else:
+            g_map = torch.sub(y, p, out=free.pop()) if free else y - p
+        return q.log_(), g_map
+    gamma_pos, gamma_neg = gammas
+    log_q = torch.log(q, out=free.pop()) if free else torch.log(q)
+    q_log_q = q.mul_(log_q)  # in place: q is not read again
+    if gamma_pos == gamma_neg and gamma_pos >= 1:  # u F - q log q u F' = F (u - gamma q log q): one power map
+        factor = u if gamma_pos == 1 else (u * u if gamma_pos == 2 else u.pow(gamma_pos))
+        slope = q_log_q.mul_(-gamma_pos).add_(u).mul_(factor)
+        scaled = None
+    else:  # the reference side's F and D = u F' (exact blends: y is 0 or 1)
+        factor, scaled = _factor_and_scaled_derivative(u, gamma_neg)
+        if gamma_pos != gamma_neg:
+            factor_pos, scaled_pos = _factor_and_scaled_derivative(u, gamma_pos)
+            factor, scaled = _by_side(y, factor_pos, factor, u), _by_side(y, scaled_pos, scaled, u)
+        slope = q_log_q.mul_(scaled).neg_().addcmul_(u, factor)  # u F - q log q D
+    values = log_q.mul_(factor)
+    free += [m for m in (factor, scaled) if isinstance(m, Tensor) and m is not u]  # nothing reads them any more
+    return values, slope
+
+
+def _factor_and_scaled_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
+    """``F = safe_pow(u, gamma)`` and ``D = u F'(u)`` (``F'`` as autograd takes it through ``safe_pow``): numbers
+    for gamma 0, ``u`` itself for gamma 1, new maps otherwise. Same values as
+    :func:`~nnunet_losses.functional._focal_factor_and_derivative` (times ``u``): ``D = gamma F`` above ``POW_EPS``
+    and ``D = F`` on safe_pow's linear piece below it (gamma < 1)."""
+    if gamma == 0:
+        return 1.0, 0.0
+    if gamma == 1:
+        return u, u
+    if gamma > 1:
+        factor = u * u if gamma == 2 else u.pow(gamma)
+        return factor, factor * gamma
+    factor = u.clamp_min(POW_EPS).pow_(gamma - 1).mul_(u)  # u max(u, eps)^(gamma - 1): safe_pow's both pieces
+    above = torch.gt(u, POW_EPS, out=torch.empty_like(u))  # 0/1 as floats (3x cheaper than a bool mask)
+    return factor, above.mul_(factor).mul_(gamma - 1).add_(factor)  # gamma F above eps, F below
+
+
+def _by_side(y: Tensor, pos: float | Tensor, neg: float | Tensor, shared: Tensor) -> Tensor:
+    """``pos`` where ``y = 1``, ``neg`` where ``y = 0``, exactly (one of the two products is 0), written into
+    ``neg``'s map where it is ours (not ``shared``)."""
+    if not isinstance(neg, Tensor) and neg == 0:
+        return pos.mul_(y) if isinstance(pos, Tensor) and pos is not shared else torch.mul(y, pos)
+    if isinstance(neg, Tensor):  # neg (1 - y) as neg - neg y
+        out = neg.addcmul_(neg, y, value=-1) if neg is not shared else torch.addcmul(neg, neg, y, value=-1)
+    else:
+        out = torch.mul(y, -neg).add_(neg)
+    return out.addcmul_(pos, y) if isinstance(pos, Tensor) else (out.add_(y, alpha=pos) if pos != 0 else out)
+
+
+def focal_mean_from_sums(sums: Tuple[Tensor, Tensor], w_pos: float | Tensor, w_neg: float | Tensor,
+                         mask: Optional[Tensor], logits: Tensor) -> Tensor:
+    r"""Mean of :func:`~nnunet_losses.functional.binary_focal_nll` over the valid elements, from its sums:
+
+    .. math:: -\frac{1}{N_{valid} R} \sum_{b,r} \big(w^+_r L^+_{b,r} + w^-_r L^-_{b,r}\big)
+
+    (``w+``, ``w-`` numbers or one per region), the value :func:`~nnunet_losses.functional.masked_mean` gives
+    for the per-element terms (no mask: their plain mean; a mask without valid voxel: 0).
+    """
+    l_pos, l_neg = sums
+    total = _region_weighted(w_pos, l_pos)
+    if l_neg is not None:  # None: both sides in l_pos, weighted alike (w+ = w-)
+        total = total + _region_weighted(w_neg, l_neg)
+    if mask is None:
+        return -total.sum() / logits.numel()
+    return -total.sum() / (mask.sum() * logits.shape[1]).clamp_min(1)
+
+
+def _region_weighted(w: float | Tensor, sums: Tensor) -> Tensor:
+    """``w * sums`` for ``(B, R)`` sums and a number or one weight per region; weight 1 is skipped."""
+    if isinstance(w, Tensor):
+        return w.to(device=sums.device, dtype=sums.dtype).view(1, -1) * sums
+    return sums if w == 1 else w * sums
