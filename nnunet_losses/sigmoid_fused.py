@@ -88,10 +88,10 @@ def sigmoid_hard_terms(logits: Tensor, y: Tensor, mask: Optional[Tensor], stats_
 class _SigmoidHardTerms(torch.autograd.Function):
     """Forward and one-pass backward of :func:`sigmoid_hard_terms` (derivation in the module docstring).
 
-    Every full-size map is written into a buffer of ours where one is free (``out=``, in place), and backward
-    writes the gradient into a forward buffer: on this CPU a fresh 6 MB tensor costs about as much as the pass
-    that fills it (page faults). The maps backward reads are kept on ``ctx`` (they are not inputs or outputs) and
-    consumed in place, so a second backward through the same graph (``retain_graph=True``) raises.
+    Every full-size map is written into a buffer of ours where one is free (``out=``, in place), and the first
+    backward writes the gradient into forward buffers nothing reads any more: on this CPU a fresh 6 MB tensor
+    costs about as much as the pass that fills it (page faults). The maps backward reads are kept on ``ctx``
+    (they are neither inputs nor outputs) and never modified, so backward may run again (``retain_graph``).
     """
 
     @staticmethod
@@ -134,42 +134,44 @@ class _SigmoidHardTerms(torch.autograd.Function):
         ctx.stats_gamma, ctx.focal, ctx.split = stats_gamma, focal_gammas is not None, split
         ctx.signed = focal_gammas == (0.0, 0.0)  # g_map is G (BCE: y - p), else G / s (s folded in below)
         ctx.save_for_backward(y, mask)
-        ctx.maps = (p if stats_gamma is not None else None, r, g_map, free[-1] if free else None)
+        ctx.maps = (p if stats_gamma is not None else None, r, g_map)
+        ctx.spare = free[-2:]  # buffers backward may write its result into (its first call only)
         return tp, fp, fn, l_pos, l_neg
 
     @staticmethod
     @once_differentiable  # the derivatives are written out without a graph: refuse double backward
     def backward(ctx, g_tp, g_fp, g_fn, g_pos, g_neg):
-        if ctx.maps is None:
-            raise RuntimeError("the fused region loss (nnunet_losses.sigmoid_fused) was already differentiated once: "
-                               "it does not support backward twice through one graph (retain_graph=True)")
         y, mask = ctx.saved_tensors
-        p, r, g_map, out = ctx.maps
-        ctx.maps = None  # the buffers are consumed in place below
+        p, r, g_map = ctx.maps  # read only: backward may run again on the same graph (retain_graph, gradcheck)
+        spare, ctx.spare = ctx.spare, []  # the result is handed to autograd: a second call writes elsewhere
         shape = y.shape[:2] + (1,) * (y.ndim - 2)
         grad = None
         if ctx.stats_gamma == 1:  # dL/dp = g_FP + y (g_TP - g_FP - g_FN)
-            grad = torch.mul(y, (g_tp - g_fp - g_fn).view(shape), out=out).add_(g_fp.view(shape))
+            grad = torch.mul(y, (g_tp - g_fp - g_fn).view(shape), out=_pop(spare)).add_(g_fp.view(shape))
         elif ctx.stats_gamma == 2:  # dL/dp = g_TP y - 2 r (g_FP + y (g_FN - g_FP))
-            grad = torch.mul(y, (-2 * (g_fn - g_fp)).view(shape), out=out).add_((-2 * g_fp).view(shape)).mul_(r)
-            grad.addcmul_(y, g_tp.view(shape))
+            grad = torch.mul(y, (-2 * (g_fn - g_fp)).view(shape), out=_pop(spare)).add_((-2 * g_fp).view(shape))
+            grad.mul_(r).addcmul_(y, g_tp.view(shape))
         if grad is not None:  # times dp/dx = p (1 - p), in place
             torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
         if ctx.focal:  # dL/dx = G (g_L- + y (g_L+ - g_L-)); G g_L+ when not split
             if not ctx.signed:  # g_map = G / s: the side weights times s = +1 (y = 1) and s = -1 (y = 0)
-                g_neg = -(g_neg if ctx.split else g_pos)
-                split = True
+                g_neg, split = -(g_neg if ctx.split else g_pos), True
             else:
                 split = ctx.split
-            if grad is None:
-                grad = g_map.mul_(g_pos.view(shape)) if not split else torch.mul(g_map, g_neg.view(shape), out=out)
+            if not split:
+                grad = (torch.mul(g_map, g_pos.view(shape), out=_pop(spare)) if grad is None
+                        else grad.addcmul_(g_map, g_pos.view(shape)))
             else:
-                grad.addcmul_(g_map, (g_pos if not split else g_neg).view(shape))
-            if split:
-                grad.addcmul_(g_map.mul_(y), (g_pos - g_neg).view(shape))
+                weights = torch.mul(y, (g_pos - g_neg).view(shape), out=_pop(spare)).add_(g_neg.view(shape))
+                grad = weights.mul_(g_map) if grad is None else grad.addcmul_(weights, g_map)
         if mask is not None:
             grad.mul_(mask)
         return grad, None, None, None, None, None, None, None, None
+
+
+def _pop(buffers: list) -> Optional[Tensor]:
+    """A spare buffer for an ``out=`` argument, or None (the op allocates)."""
+    return buffers.pop() if buffers else None
 
 
 def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Optional[Tensor], side,
@@ -200,7 +202,9 @@ def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Opt
             factor, scaled = _by_side(y, factor_pos, factor, u), _by_side(y, scaled_pos, scaled, u)
         slope = q_log_q.mul_(scaled).neg_().addcmul_(u, factor)  # u F - q log q D
     values = log_q.mul_(factor)
-    free += [m for m in (factor, scaled) if isinstance(m, Tensor) and m is not u]  # nothing reads them any more
+    for m in (u, factor, scaled):  # nothing reads them any more (u may be F and D too: once)
+        if isinstance(m, Tensor) and all(m is not f for f in free):
+            free.append(m)
     return values, slope
 
 

@@ -408,10 +408,11 @@ def test_fused_categorical_focal_gradcheck(gammas):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("target_dtype", [torch.bool, torch.float32])
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.float64])
 def test_region_ce_is_the_mean_of_the_per_element_terms(dtype, target_dtype):
-    """Region CE without an ignore label takes torch's 'mean' reduction: the same value bit for bit, and the same
-    gradient to rounding, as masked_mean of sigmoid_binary_nll (the path with an ignore label)."""
+    """Region CE on float maps without an ignore label takes torch's 'mean' reduction: the same value bit for bit,
+    and the same gradient to rounding, as masked_mean of sigmoid_binary_nll (the path with an ignore label). Bool
+    maps take the fused sigmoid pass instead (tests/test_sigmoid_fused.py)."""
     from nnunet_losses import get_loss
     g = torch.Generator().manual_seed(31)
     x = (4 * torch.randn(2, 3, 5, 4, 3, generator=g, dtype=torch.float64)).to(dtype)

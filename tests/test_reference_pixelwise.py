@@ -55,10 +55,12 @@ def test_pixelwise_losses_match_reference(case, region, n_ch, spatial, with_igno
     logits, target, ignore = ref.make_case(region, n_ch, spatial, with_ignore,
                                            ref.seed_of(name, region, n_ch, spatial, with_ignore))
     expected = ref.REFERENCES[name](logits, target, region=region, ignore_label=ignore, **kwargs)
-    value, grad = lib_loss(name, logits, target, region, ignore, **kwargs)
-    assert value.dtype == torch.float64
-    assert value.item() == pytest.approx(expected, rel=RTOL, abs=ATOL)
-    assert torch.isfinite(grad).all()
+    # region maps as float and as bool (nnU-Net's loader gives bool; bool maps take the fused sigmoid pass)
+    for tgt in [target, target.astype(bool)] if region else [target]:
+        value, grad = lib_loss(name, logits, tgt, region, ignore, **kwargs)
+        assert value.dtype == torch.float64
+        assert value.item() == pytest.approx(expected, rel=RTOL, abs=ATOL)
+        assert torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("region", [False, True], ids=["label", "region"])

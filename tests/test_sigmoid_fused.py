@@ -1,0 +1,189 @@
+"""The fused region pass (nnunet_losses/sigmoid_fused.py) gives the general formulas' values and gradients.
+
+* :func:`sigmoid_hard_terms` against ``overlap_stats`` of ``sigmoid`` and the sums of ``binary_focal_nll`` of
+  ``logsigmoid`` under autograd (float32 and float64, masks, DSC++ exponents 1 and 2, BCE and focal exponents
+  equal, per side, below and above 1, both sides summed or split, moderate and confident logits with +-1e4
+  confidently right voxels), and against finite differences (gradcheck);
+* every region loss on bool maps (the fused path) against the same loss on the same maps as floats (the general
+  path), with an ignore label, deep supervision, batch dice, and confidently wrong voxels (the fallback);
+* ``prepare_batch``'s bool -> float conversion through the uint8 view.
+
+The float64 paper references (tests/test_reference*.py) run on bool region maps too and so check the fused path.
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nnunet_losses
+from nnunet_losses import functional as Fn
+from nnunet_losses import sigmoid_fused
+from nnunet_losses.batch import prepare_batch
+from nnunet_losses.sigmoid_fused import sigmoid_hard_terms
+
+FOCALS = {"none": None, "bce": (0.0, 0.0), "focal2": (2.0, 2.0), "asymmetric": (0.0, 0.5), "half": (0.5, 0.5),
+          "mixed": (3.0, 1.0), "one": (1.0, 1.0), "reversed": (1.5, 0.0)}
+
+
+def _general(x, y, mask, gamma, focal, split):
+    """The same numbers from the formulas of functional.py under autograd: (TP, FP, FN) and (L+, L-)."""
+    out = []
+    if gamma is not None:
+        out += list(Fn.overlap_stats(torch.sigmoid(x), y, mask, gamma))
+    if focal is not None:
+        axes = tuple(range(2, x.ndim))
+        m = 1 if mask is None else mask
+
+        def side_sum(w_pos, w_neg):  # -binary_focal_nll is w+ y F+ log q + w- (1-y) F- log q
+            if focal == (0.0, 0.0):  # the BCE's general path: torch's kernel (its gradient is sigmoid(x) - y)
+                nll = Fn.sigmoid_binary_nll(x, y) * (w_pos * y + w_neg * (1 - y))
+            else:
+                nll = Fn.binary_focal_nll(F.logsigmoid(x), F.logsigmoid(-x), y, w_pos, w_neg, *focal)
+            return -(nll * m).sum(axes)
+        out += [side_sum(1.0, 1.0)] if not split else [side_sum(1.0, 0.0), side_sum(0.0, 1.0)]
+    return out
+
+
+def _fused(x, y, mask, gamma, focal, split):
+    result = sigmoid_hard_terms(x, y, mask, gamma, focal, split)
+    assert result is not None, "the fused path was expected to apply"
+    stats, sums = result
+    assert (stats is None) == (gamma is None) and (sums is None) == (focal is None)
+    return (list(stats) if stats is not None else []) + ([] if sums is None else [sums[0]] if not split
+                                                          else list(sums))
+
+
+def _case(dtype, masked, seed, margin=0.0):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand((2, 3, 6, 5, 4), generator=g) > 0.6).to(torch.float64)
+    x = 3 * torch.randn(y.shape, generator=g, dtype=torch.float64) + margin * (2 * y - 1)
+    x[:, :, 0, 0] = 1e4 * (2 * y[:, :, 0, 0] - 1)  # confidently right: q = 1 and u = 0 exactly
+    mask = (torch.rand((2, 1, 6, 5, 4), generator=g) > 0.3).to(dtype) if masked else None
+    return x.to(dtype), y.to(dtype), mask
+
+
+def _values_and_grads(fn, x, *args):
+    xx = x.clone().requires_grad_()
+    outs = fn(xx, *args)
+    g = torch.Generator().manual_seed(3)  # an arbitrary linear combination of every output
+    sum((torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) * o).sum() for o in outs).backward()
+    return [o.detach() for o in outs], xx.grad
+
+
+CASES = [(gamma, focal, split) for gamma, focal, split in itertools.product((None, 1.0, 2.0), FOCALS, (True, False))
+         if (gamma is not None or focal != "none") and (split or focal != "none")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
+@pytest.mark.parametrize("margin", [0.0, 12.0], ids=["moderate", "confident"])
+@pytest.mark.parametrize("gamma,focal,split", CASES, ids=[f"gamma={g}-{f}-{'split' if s else 'summed'}"
+                                                          for g, f, s in CASES])
+def test_fused_region_terms_equal_the_general_formulas(dtype, masked, margin, gamma, focal, split):
+    """'confident': every logit 12 on its reference's side (u ~ 6e-6: the focal factors' small-u range)."""
+    x, y, mask = _case(dtype, masked, seed=len(focal) + int(10 * (gamma or 0)) + split, margin=margin)
+    fused, g_fused = _values_and_grads(_fused, x, y, mask, gamma, FOCALS[focal], split)
+    general, g_general = _values_and_grads(_general, x, y, mask, gamma, FOCALS[focal], split)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.isfinite(g_fused).all()
+    for a, b in zip(fused, general):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    scale = g_general.abs().max().item()
+    torch.testing.assert_close(g_fused, g_general, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("focal", ["bce", "focal2", "asymmetric"])
+def test_confidently_wrong_voxels_take_the_general_path(focal):
+    """A voxel 80 on the wrong side (q < 1e-30) has no fused focal sums; the statistics alone never saturate."""
+    x, y, _ = _case(torch.float32, False, seed=5)
+    x[0, 1, 2, 3, 1] = -80 * (2 * y[0, 1, 2, 3, 1] - 1)
+    assert sigmoid_hard_terms(x, y, None, 1.0, FOCALS[focal]) is None
+    assert sigmoid_hard_terms(x, y, None, 2.0, None) is not None
+    with pytest.raises(ValueError, match="FP/FN exponents"):
+        sigmoid_hard_terms(x, y, None, 3.0, None)
+
+
+@pytest.mark.parametrize("gamma,focal,split", [(1.0, "bce", False), (2.0, "asymmetric", True), (None, "focal2", True),
+                                               (2.0, "none", True), (1.0, "mixed", False), (None, "half", False)])
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
+def test_fused_region_terms_gradcheck_and_once_differentiable(gamma, focal, split, masked):
+    x, y, mask = _case(torch.float64, masked, seed=11)
+    x = x[:, :, 1:4, :3, :2].contiguous().requires_grad_()  # small, and without the +-1e4 voxels
+    y, mask = y[:, :, 1:4, :3, :2], None if mask is None else mask[:, :, 1:4, :3, :2]
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(5)]
+
+    def combined(z):
+        return sum((w * o).sum() for w, o in zip(weights, _fused(z, y, mask, gamma, FOCALS[focal], split)))
+
+    assert torch.autograd.gradcheck(combined, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    (grad,) = torch.autograd.grad(combined(x), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
+REGION_LOSSES = ["ce", "wce", "focal", "softdice", "softjaccard", "dscpp", "tversky", "focal_tversky", "tversky_pp",
+                 "focal_tversky_pp", "combo", "combo_pp", "unified_focal", "unified_focal_pp", "dice_ce"]
+VARIANTS = {"combo": {"beta": 0.7}, "focal": {"alpha": 0.25}, "unified_focal": {"asymmetric": False}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ignore_label", [None, 3])
+@pytest.mark.parametrize("wrong", [False, True], ids=["fused", "saturated-fallback"])
+@pytest.mark.parametrize("name", REGION_LOSSES)
+def test_bool_region_maps_equal_the_float_maps(name, wrong, ignore_label, dtype, monkeypatch):
+    """Deep supervision (two outputs), +-1e4 logits (confidently right; with 'saturated-fallback' one confidently
+    wrong voxel too), batch dice on: bool maps (fused path) and the same maps as floats (general path) give the
+    same value and gradient -- with the default arguments and one variant (split sides, symmetric focal)."""
+    g = torch.Generator().manual_seed(len(name) + 2 * wrong)
+    calls = []
+    apply = sigmoid_fused._SigmoidHardTerms.apply
+    monkeypatch.setattr(sigmoid_fused._SigmoidHardTerms, "apply", lambda *a: calls.append(1) or apply(*a))
+    for variant in ({}, VARIANTS.get(name)):
+        if variant is None:
+            continue
+        kwargs = dict(variant, **({"class_priors": [0.3, 0.6, 0.2]} if name == "wce" else {}))
+        if "batch_dice" in nnunet_losses.loss_arguments(name):
+            kwargs["batch_dice"] = True
+        loss = nnunet_losses.get_loss(name, region_based=True, ignore_label=ignore_label,
+                                      deep_supervision_weights=[0.7, 0.3], **kwargs)
+        outputs, maps = [], []
+        for shape in ((6, 5, 4), (3, 3, 2)):
+            y = torch.rand((2, 3) + shape, generator=g) > 0.5
+            x = (3 * torch.randn((2, 3) + shape, generator=g, dtype=torch.float64)).to(dtype)
+            x[:, 1, 0, 0] = 1e4 * (2 * y[:, 1, 0, 0].to(dtype) - 1)  # confidently right: q = 1, u = 0 exactly
+            if wrong:
+                x[0, 2, 1, 1] = -100.0 * (2 * y[0, 2, 1, 1].to(dtype) - 1)
+            if ignore_label is not None:
+                y = torch.cat([y, torch.rand((2, 1) + shape, generator=g) > 0.7], 1)
+            outputs.append(x)
+            maps.append(y)
+        results = []
+        for targets in (maps, [m.to(dtype) for m in maps]):
+            xs = [o.clone().requires_grad_() for o in outputs]
+            value = loss(xs, targets)
+            value.backward()
+            results.append((value.detach(), [xx.grad for xx in xs]))
+        (v_fused, g_fused), (v_general, g_general) = results
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(v_fused, v_general, rtol=tol, atol=tol)
+        for a, b in zip(g_fused, g_general):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+    # with a confidently wrong voxel the CE-like losses (no statistics) take the general formula only
+    assert calls or (wrong and name in ("ce", "wce", "focal")), "the bool maps were expected to take the fused path"
+
+
+@pytest.mark.parametrize("ignore_label", [None, 2])
+def test_bool_region_maps_are_converted_exactly(ignore_label):
+    """prepare_batch converts bool maps through their uint8 view: the same 0/1 floats as .to(float), also for the
+    strided region/ignore slices of a target with an ignore channel."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 2 + (ignore_label is not None), 5, 4, 3, generator=g) > 0.5
+    batch = prepare_batch(torch.randn(2, 2, 5, 4, 3, generator=g), target, region_based=True,
+                          ignore_label=ignore_label)
+    assert batch.hard and batch.onehot.dtype == torch.float32
+    assert torch.equal(batch.onehot, target[:, :2].float())
+    if ignore_label is not None:
+        assert torch.equal(batch.mask, 1 - target[:, 2:].float())
