@@ -63,7 +63,8 @@ def region_terms(batch: PreparedBatch, stats_gamma: Optional[float], focal: Opti
     focal = None if focal is None else {"fg_weight": 1.0, "bg_weight": 1.0, "fg_gamma": 0.0, "bg_gamma": 0.0, **focal}
     gammas = None if focal is None else (focal["fg_gamma"], focal["bg_gamma"])
     # one sum of both sides when they are weighted alike (CE, Focal with alpha 1/2, Combo with beta 1/2)
-    alike = focal is not None and not isinstance(focal["fg_weight"], Tensor) and focal["fg_weight"] == focal["bg_weight"]
+    alike = (focal is not None and not isinstance(focal["fg_weight"], Tensor)
+             and focal["fg_weight"] == focal["bg_weight"])
     out = sigmoid_fused.sigmoid_hard_terms(batch.logits, batch.onehot, batch.mask, stats_gamma, gammas, split=not alike)
     if out is None:
         return None
