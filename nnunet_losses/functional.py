@@ -172,12 +172,15 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
         if len(distinct) == 1:
             factor, derivative = _focal_factor_and_derivative(u, distinct[0])
         else:  # one focal factor per distinct gamma, kept where the class has it (exact: y is 0/1, one term each)
-            factor, derivative = torch.zeros_like(u), torch.zeros_like(u)
+            factor = derivative = None
             for g in distinct:
                 f_g, d_g = _focal_factor_and_derivative(u, g)
                 has_g = _sum_of_channels(onehot, [c for c, gc in enumerate(class_gammas) if gc == g])
-                _add_product(factor, has_g, f_g)
-                _add_product(derivative, has_g, d_g)
+                factor = _add_product(factor, has_g, f_g)
+                derivative = _add_product(derivative, has_g, d_g)
+                del f_g, d_g, has_g  # free before the next gamma's temporaries (peak memory)
+            derivative = 0.0 if derivative is None else derivative
+        del u
     w_t = 1.0 if class_weights is None else _sum_of_channels(onehot, range(onehot.shape[1]), class_weights.tolist())
     value = _weighted_neg(w_t, log_p_t * factor if isinstance(factor, Tensor) else log_p_t.clone())
     if not need_slope:
@@ -189,12 +192,16 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
     return value, _weighted_neg(w_t, d)
 
 
-def _add_product(out: Tensor, a: Tensor, b: float | Tensor) -> None:
-    """``out += a * b`` in place (nothing for ``b = 0``)."""
+def _add_product(out: Optional[Tensor], a: Tensor, b: float | Tensor) -> Optional[Tensor]:
+    """``out + a * b``, in place on ``out`` (ours); ``out = None`` is 0 (then ``a`` itself may be returned for
+    ``b = 1``, and None for ``b = 0``)."""
+    if out is None:
+        if isinstance(b, Tensor) or b not in (0, 1):
+            return a * b
+        return a if b == 1 else None
     if isinstance(b, Tensor):
-        out.addcmul_(a, b)
-    elif b != 0:
-        out.add_(a, alpha=b)
+        return out.addcmul_(a, b)
+    return out.add_(a, alpha=b) if b != 0 else out
 
 
 def _sum_of_channels(onehot: Tensor, channels: Sequence[int], weights: Optional[Sequence[float]] = None) -> Tensor:
@@ -281,15 +288,12 @@ def one_vs_rest_softmax_nll_hard(logits: Tensor, onehot: Tensor, first_channel: 
     return _OneVsRestSoftmaxNLL.apply(logits, onehot, q, p, first_channel, float(w_pos), float(w_neg))
 
 
-def one_vs_rest_reference_probability(p: Tensor, onehot: Tensor, first_channel: int, py: Optional[Tensor] = None,
-                                      not_y: Optional[Tensor] = None) -> Tensor:
+def one_vs_rest_reference_probability(p: Tensor, onehot: Tensor, first_channel: int) -> Tensor:
     """``q_c = p_c`` where ``y_c = 1`` and ``S_c = 1 - p_c`` (summed, see :func:`_sums_of_others`) where ``y_c = 0``,
-    for ``c >= first_channel``, as ``S (1 - y) + p y``: exact, one of the two terms is 0. ``py = p[:, c0:] * y``
-    and ``not_y = 1 - y`` may be passed if known."""
+    for ``c >= first_channel``, as ``(S - S y) + p y`` in place: exact (``S - S = 0``; one term is 0), no temporary."""
     y = onehot[:, first_channel:]
     q = _sums_of_others(p, first_channel)
-    q.mul_(1 - y if not_y is None else not_y)
-    return q.add_(p[:, first_channel:] * y if py is None else py)
+    return q.addcmul_(q, y, value=-1).addcmul_(p[:, first_channel:], y)
 
 
 def _sums_of_others(p: Tensor, first_channel: int) -> Tensor:
@@ -324,31 +328,32 @@ class _OneVsRestSoftmaxNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, onehot, q, p, first_channel, w_pos, w_neg):
         y = onehot[:, first_channel:]
-        not_y = 1 - y
         terms = q.log()  # log p_c where y_c = 1, log S_c elsewhere
-        w = _blend(y, not_y, w_pos, w_neg)
-        ctx.save_for_backward(y, not_y, p, q)  # q = S_c where y_c = 0, and q >= 1e-30 > 0 everywhere
+        w = _blend(y, 1 - y, w_pos, w_neg)
+        ctx.save_for_backward(y, p, q)  # q = S_c where y_c = 0, and q >= 1e-30 > 0 everywhere
         ctx.first_channel, ctx.w = first_channel, w
         return _weighted_neg(w, terms)
 
     @staticmethod
     @once_differentiable  # the derivatives are written out without a graph: refuse double backward
     def backward(ctx, grad_output):
-        y, not_y, p, q = ctx.saved_tensors
+        y, p, q = ctx.saved_tensors
         a = _weighted_neg(ctx.w, grad_output.clone())  # -w_c G_c
-        return one_vs_rest_grad(a, y, not_y, p, q, ctx.first_channel), None, None, None, None, None, None
+        return one_vs_rest_grad(a, y, p, q, ctx.first_channel), None, None, None, None, None, None
 
 
-def one_vs_rest_grad(a: Tensor, y: Tensor, not_y: Tensor, p: Tensor, q: Tensor, first_channel: int,
+def one_vs_rest_grad(a: Tensor, y: Tensor, p: Tensor, q: Tensor, first_channel: int,
                      out: Optional[Tensor] = None) -> Tensor:
     """Gradient w.r.t. the logits of ``sum_c a_c T_c`` (:class:`_OneVsRestSoftmaxNLL`'s formula, ``a = -w G``).
 
-    ``y``, ``not_y``, ``a`` and ``q`` (:func:`one_vs_rest_reference_probability`) cover the channels from
+    ``y``, ``a`` and ``q`` (:func:`one_vs_rest_reference_probability`) cover the channels from
     ``first_channel`` on (``a`` may be a 0-d or ``(B, 1, ...)`` tensor that broadcasts over them), ``p`` all C.
     Returns a new ``(B, C, *spatial)`` tensor, or ``out`` with the gradient added to it.
     """
     c0 = first_channel
-    h = torch.mul(a, not_y).div_(q)  # H_c = a_c / S_c where y_c = 0; 0 where y_c = 1 (S_c may be 0 there, q not)
+    # H_c = a_c / S_c where y_c = 0, 0 where y_c = 1 (S_c may be 0 there, q is not): 1/q - y/q is exactly that
+    h = torch.reciprocal(q)
+    h.addcmul_(h, y, value=-1).mul_(a)
     # ``a`` may broadcast over the channels (one weight for both sides): then sum_c a_c = K a
     total_a = a.sum(1, keepdim=True) if a.ndim == y.ndim and a.shape[1] == y.shape[1] else a * y.shape[1]
     grad = torch.empty_like(p) if out is None else out

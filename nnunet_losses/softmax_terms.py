@@ -89,51 +89,55 @@ class _LabelPass:
         self.p = p = torch.softmax(logits, 1)
         self.onehot, self.mask, self.c0, self.gamma, self.nll = onehot, mask, c0, gamma, nll
         self.need_grad, self.outputs = need_grad, None
-        y = onehot[:, c0:]
-        # p y of the statistics' channels; the categorical NLL needs it on every channel (p_t = sum_c p_c y_c)
-        py_all = p * onehot if isinstance(nll, CategoricalNLL) else None
-        py = py_all[:, c0:] if py_all is not None else p[:, c0:] * y
-        if isinstance(nll, CategoricalNLL):
-            self.p_t = py_all.sum(1, keepdim=True)
-            if bool(self.p_t.amin() < MIN_PROBABILITY):  # amin: one reduction, no bool tensor
-                return
-        elif isinstance(nll, OneVsRestNLL):
-            self.not_y = 1 - y
-            self.q = Fn.one_vs_rest_reference_probability(p, onehot, c0, py, self.not_y)
+        tp = self._tp_and_p_t() if gamma is not None or isinstance(nll, CategoricalNLL) else None
+        if isinstance(nll, CategoricalNLL) and bool(self.p_t.amin() < MIN_PROBABILITY):  # amin: no bool tensor
+            return
+        if isinstance(nll, OneVsRestNLL):
+            self.q = Fn.one_vs_rest_reference_probability(p, onehot, c0)
             if bool(self.q.amin() < MIN_PROBABILITY):
                 return
-        outputs = self._stats(py) if gamma is not None else ()
-        del py, py_all  # not needed any more: free them before the NLL's temporaries (peak memory)
+        outputs = self._stats(tp) if gamma is not None else ()
         self.outputs = outputs + ((self._nll(),) if nll is not None else ())
 
-    def _stats(self, py: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """:func:`~nnunet_losses.functional.overlap_stats` for 0/1 ``y``, ``m`` (same sums, same values)."""
+    def _tp_and_p_t(self) -> Optional[Tensor]:
+        """``TP = sum p y m`` of the statistics' channels (None without statistics) and, for the categorical NLL,
+        ``p_t = sum_c p_c y_c`` (``self.p_t``): channel by channel, ``(B, 1, *spatial)`` temporaries only."""
+        p, onehot, m, c0 = self.p, self.onehot, self.mask, self.c0
+        categorical = isinstance(self.nll, CategoricalNLL)
+        columns, p_t = [], None
+        for c in range(0 if categorical else c0, p.shape[1]):
+            prod = p[:, c:c + 1] * onehot[:, c:c + 1]
+            if c >= c0 and self.gamma is not None:  # p (y m) = (p y) m exactly: y, m are 0/1
+                columns.append(_spatial_sum(prod if m is None else prod * m))
+            if categorical:  # one of the terms is non-zero: the sum is exact in any order
+                p_t = prod if p_t is None else p_t.add_(prod)
+        self.p_t = p_t
+        return torch.cat(columns, 1) if columns else None
+
+    def _stats(self, tp: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """:func:`~nnunet_losses.functional.overlap_stats` for 0/1 ``y``, ``m`` (the same sums, to rounding)."""
         p, y, m, gamma = self.p[:, self.c0:], self.onehot[:, self.c0:], self.mask, self.gamma
-        axes = tuple(range(2, p.ndim))
-        ym = y if m is None else y * m
-        tp = (py if m is None else py * m).sum(axes, dtype=p.dtype)  # p (y m) = (p y) m exactly: y, m are 0/1
         if gamma == 1:
-            p_sum = p.sum(axes, dtype=p.dtype) if m is None else (p * m).sum(axes, dtype=p.dtype)
-            return tp, p_sum - tp, ym.sum(axes, dtype=p.dtype) - tp
+            return tp, _channel_sums(p, m) - tp, _channel_sums(y, m) - tp
         r = y - p  # 1 - p where y = 1, -p where y = 0: q = |r| is the FN (y = 1) or FP (y = 0) base
         if gamma == 2:  # q^2 = r r; its derivative 2q is kept signed (2r) and the sign folded into backward
             q_pow, self.slope = r * r, r
         else:
             q = r.abs_()
             q_pow, self.slope = q.pow(gamma), (q.pow_(gamma - 1) if self.need_grad else None)
-        fn_map = q_pow * ym
-        fp_map = q_pow.sub_(fn_map)  # q^gamma where y = 0 (and where m = 0, masked below), 0 where y = 1
-        if m is not None:
-            fp_map.mul_(m)
-        return tp, fp_map.sum(axes, dtype=p.dtype), fn_map.sum(axes, dtype=p.dtype)
+        fn = _channel_sums(q_pow, m, y)
+        q_pow.addcmul_(q_pow, y, value=-1)  # q^gamma (1 - y), exactly: q^gamma - q^gamma = 0 where y = 1
+        return tp, _channel_sums(q_pow, m), fn
 
     def _nll(self) -> Tensor:
         """The voxel NLL's mean over valid voxels (:func:`~nnunet_losses.functional.masked_mean`)."""
         if isinstance(self.nll, CategoricalNLL):
             value, self.slope_nll = Fn.hard_categorical_focal_terms(self.onehot, self.p_t, *self.nll, self.need_grad)
         else:
-            self.w = Fn._blend(self.onehot[:, self.c0:], self.not_y, self.nll.w_pos, self.nll.w_neg)
+            y = self.onehot[:, self.c0:]
+            self.w = Fn._blend(y, 1 - y, self.nll.w_pos, self.nll.w_neg)
             value = Fn._weighted_neg(self.w, self.q.log())  # -w log p_c (y = 1) or -w log(1 - p_c) (y = 0)
+            self.q = None  # recomputed in backward: a few additions, and 1/C of the logits' memory less meanwhile
         # masked_mean's denominator: valid voxels times channels, at least 1
         self.count = value.numel() if self.mask is None else (self.mask.sum() * value.shape[1]).clamp_min(1)
         return Fn.masked_mean(value, self.mask)
@@ -188,7 +192,26 @@ class _LabelPass:
         y = self.onehot[:, self.c0:]
         a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one
         a = a * self.mask if self.mask is not None else a
-        return Fn.one_vs_rest_grad(a, y, self.not_y, self.p, self.q, self.c0, out=grad)
+        q = Fn.one_vs_rest_reference_probability(self.p, self.onehot, self.c0)
+        return Fn.one_vs_rest_grad(a, y, self.p, q, self.c0, out=grad)
+
+
+def _spatial_sum(x: Tensor) -> Tensor:
+    return x.sum(tuple(range(2, x.ndim)), dtype=x.dtype)
+
+
+def _channel_sums(x: Tensor, mask: Optional[Tensor], y: Optional[Tensor] = None) -> Tensor:
+    """``sum x m`` (``sum x y m``) over the spatial axes per sample and channel, ``(B, K)``; the products are
+    formed channel by channel (``(B, 1, *spatial)`` temporaries, not a ``(B, K, ...)`` one)."""
+    if mask is None and y is None:
+        return _spatial_sum(x)
+    columns = []
+    for c in range(x.shape[1]):
+        prod = x[:, c:c + 1] * (mask if y is None else y[:, c:c + 1])
+        if y is not None and mask is not None:
+            prod.mul_(mask)
+        columns.append(_spatial_sum(prod))
+    return torch.cat(columns, 1)
 
 
 class _SoftmaxLabelTerms(torch.autograd.Function):
