@@ -8,7 +8,7 @@ from nnunet_losses import functional as Fn
 from nnunet_losses.segmentation_loss import check_bool, check_range
 from nnunet_losses.batch import PreparedBatch
 from nnunet_losses.losses.overlap import OverlapLoss, check_exponent
-from nnunet_losses.losses.pixelwise import categorical_nll, voxel_focal_nll
+from nnunet_losses.losses.pixelwise import categorical_nll, focal_nll_mean
 from nnunet_losses.softmax_terms import OneVsRestNLL
 
 _INF = float("inf")
@@ -30,7 +30,7 @@ class DiceCELoss(OverlapLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         stats, ce = self.stats_and_nll(batch, categorical_nll(batch.logits.shape[1]),
-                                       lambda: Fn.masked_mean(voxel_focal_nll(batch), batch.mask), region_nll={})
+                                       lambda: focal_nll_mean(batch), region_nll={})
         return self.weight_ce * ce + self.weight_dice * self.dice_loss(batch, stats)
 
 
@@ -110,7 +110,7 @@ class UnifiedFocalLoss(OverlapLoss):
                     bg_gamma=self.gamma)
 
     def focal_term(self, batch: PreparedBatch) -> Tensor:
-        return Fn.masked_mean(voxel_focal_nll(batch, **self.focal_params()), batch.mask)
+        return focal_nll_mean(batch, **self.focal_params())
 
     def focal_tversky_term(self, batch: PreparedBatch, stats) -> Tensor:
         tp, fp, fn = stats

@@ -11,7 +11,7 @@ from nnunet_losses import functional as Fn
 from nnunet_losses import sigmoid_fused
 from nnunet_losses.segmentation_loss import SegmentationLoss, check_range
 from nnunet_losses.batch import PreparedBatch
-from nnunet_losses.softmax_terms import CategoricalNLL
+from nnunet_losses.softmax_terms import CategoricalNLL, softmax_label_terms
 
 
 def voxel_focal_nll(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,
@@ -77,7 +77,15 @@ def region_terms(batch: PreparedBatch, stats_gamma: Optional[float], focal: Opti
 
 def focal_nll_mean(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_weight: float | Tensor = 1.0,
                    fg_gamma: float = 0.0, bg_gamma: float = 0.0, class_weights: Optional[Tensor] = None) -> Tensor:
-    """Mean of :func:`voxel_focal_nll` over the valid voxels (and channels): fused for hard region maps."""
+    """Mean of :func:`voxel_focal_nll` over the valid voxels (and channels): fused for label maps (the mean and its
+    gradient from one softmax pass, :func:`~nnunet_losses.softmax_terms.softmax_label_terms`, no per-voxel map)
+    and for hard region maps (:func:`region_terms`); elsewhere (soft targets, saturated logits) the per-voxel
+    formula averaged."""
+    if batch.hard and not batch.region_based:
+        spec = categorical_nll(batch.logits.shape[1], fg_weight, bg_weight, fg_gamma, bg_gamma, class_weights)
+        terms = softmax_label_terms(batch.logits, batch.onehot, batch.mask, 0, None, spec)
+        if terms is not None:
+            return terms.nll
     focal = {"fg_weight": fg_weight, "bg_weight": bg_weight, "fg_gamma": fg_gamma, "bg_gamma": bg_gamma}
     fused = None if class_weights is not None else region_terms(batch, None, focal)
     if fused is not None:
