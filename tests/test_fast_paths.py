@@ -206,6 +206,27 @@ def test_cpu_lovasz_extension_gradcheck_and_once_differentiable(soft, error_map)
         grad.sum().backward()
 
 
+def test_cpu_lovasz_rows_on_threads_equal_one_thread():
+    """With several torch threads the rows are spread over a thread pool: the same value and gradient bits, and no
+    row left to torch.sort."""
+    g = torch.Generator().manual_seed(7)
+    values = torch.randn(2, 3, 5000, generator=g)
+    fg = (torch.rand(2, 3, 5000, generator=g) > 0.7).float()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n_threads in (1, 3):
+            torch.set_num_threads(n_threads)
+            v = values.clone().requires_grad_()
+            out = Fn.lovasz_extension(v, fg, "abs")
+            out.backward(torch.arange(6.0).view(2, 3))
+            results.append((out.detach(), v.grad))
+        assert not _aten_sorts(lambda: Fn.lovasz_extension(values, fg, "abs"))  # every row on the compiled sort
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_cpu_lovasz_extension_with_negative_errors_equals_the_autograd_path():
     """lovasz_extension is public: a row holding negative values (never a Lovász error) is sorted by torch.sort."""
     g = torch.Generator().manual_seed(6)
