@@ -55,8 +55,9 @@ saves for backward, and every gradient buffer.
 **Lovász vs sort**: the Lovász extension needs one descending ``torch.sort`` of a ``(rows, N)`` error tensor
 (rows = samples x channels, N = voxels). We time that bare sort (no autograd) on the loss's own error tensor in
 the same rounds and report the Lovász forward + backward time relative to it. The library does not call that
-sort on CPU: ``functional.sort_order_descending`` gets the same permutation (a stable descending order) from a
-radix sort of the errors' float bits, row by row; its time is printed too, so that what the loss spends besides
+sort on CPU: ``functional.sort_order_descending`` gets the same permutation (a stable descending order) from the
+compiled radix sort of the errors' float bits in ``nnunet_losses/lovasz_cpu.py`` (the loss itself runs that sort
+and its accumulation in one compiled pass per row); its time is printed too, so that what the loss spends besides
 sorting is visible.
 
 Nothing here asserts on a time: the numbers are printed (and written to ``benchmarks/results/`` unless
@@ -172,7 +173,7 @@ def sort_step(errors: torch.Tensor) -> Step:
 
 
 def own_sort_step(errors: torch.Tensor) -> Step:
-    """The sort the library runs (a radix sort of the errors' bits on CPU, see ``sort_order_descending``)."""
+    """The sort the library runs (the compiled radix sort of the errors' bits on CPU, see ``sort_order_descending``)."""
     def step():
         Fn.sort_order_descending(errors)
     return step
