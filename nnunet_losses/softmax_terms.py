@@ -93,7 +93,7 @@ class _LabelPass:
         if isinstance(nll, CategoricalNLL) and bool(self.p_t.amin() < MIN_PROBABILITY):  # amin: no bool tensor
             return
         if isinstance(nll, OneVsRestNLL):
-            self.q = Fn.one_vs_rest_reference_probability(p, onehot, c0)
+            self.q = self._one_vs_rest_q()
             if bool(self.q.amin() < MIN_PROBABILITY):
                 return
         outputs = self._stats(tp) if gamma is not None else ()
@@ -111,8 +111,18 @@ class _LabelPass:
                 columns.append(_spatial_sum(prod if m is None else prod * m))
             if categorical:  # one of the terms is non-zero: the sum is exact in any order
                 p_t = prod if p_t is None else p_t.add_(prod)
-        self.p_t = p_t
+        self.p_t = p_t if p_t is None else self._one_where_ignored(p_t)
         return torch.cat(columns, 1) if columns else None
+
+    def _one_vs_rest_q(self) -> Tensor:
+        """:func:`~nnunet_losses.functional.one_vs_rest_reference_probability`, 1 at ignored voxels."""
+        return self._one_where_ignored(Fn.one_vs_rest_reference_probability(self.p, self.onehot, self.c0))
+
+    def _one_where_ignored(self, prob: Tensor) -> Tensor:
+        """``prob`` (ours, in place) with 1 at ignored voxels: their logarithm is 0, not -inf (0 * -inf would be
+        NaN in the masked mean), and a probability there, however small, does not send the batch to the general
+        path. Exact: ``prob * m + (1 - m)`` for ``m`` in {0, 1}."""
+        return prob if self.mask is None else prob.mul_(self.mask).add_(1 - self.mask)
 
     def _stats(self, tp: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """:func:`~nnunet_losses.functional.overlap_stats` for 0/1 ``y``, ``m`` (the same sums, to rounding)."""
@@ -192,8 +202,7 @@ class _LabelPass:
         y = self.onehot[:, self.c0:]
         a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one
         a = a * self.mask if self.mask is not None else a
-        q = Fn.one_vs_rest_reference_probability(self.p, self.onehot, self.c0)
-        return Fn.one_vs_rest_grad(a, y, self.p, q, self.c0, out=grad)
+        return Fn.one_vs_rest_grad(a, y, self.p, self._one_vs_rest_q(), self.c0, out=grad)
 
 
 def _spatial_sum(x: Tensor) -> Tensor:

@@ -89,6 +89,16 @@ def test_saturated_probabilities_take_the_general_path(nll):
     assert softmax_label_terms(x, onehot, None, 1, 1.0, NLLS[nll]) is None
     assert softmax_label_terms(x, onehot, None, 1, 1.0, None) is not None  # statistics alone never saturate
     assert softmax_label_terms(x, onehot, None, 1, 0.5, None) is None  # gamma < 1: safe_pow's linear piece
+    # the same voxel ignored: it neither sends the batch to the general path nor makes the mean NaN (0 * log 0)
+    mask = torch.ones_like(x[:, :1])
+    mask.view(2, -1)[:, 7] = 0
+    x[0, :, 0, 0, 0] = torch.tensor([0.0, -1e4, 1e4]) * (1 - 2 * onehot[0, :, 0, 0, 0])  # p_t = 0 exactly
+    mask[0, :, 0, 0, 0] = 0
+    fused, g_fused = _values_and_grads(_fused, x, onehot, mask, 1, 1.0, NLLS[nll])
+    general, g_general = _values_and_grads(_general, x, onehot, mask, 1, 1.0, NLLS[nll])
+    for a, b in zip(fused, general):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fused, g_general, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("c0,gamma,nll", [(1, 1.0, "one-vs-rest"), (0, 2.0, "asymmetric-focal"),
