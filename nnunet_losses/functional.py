@@ -343,16 +343,17 @@ class _OneVsRestSoftmaxNLL(torch.autograd.Function):
 
 
 def one_vs_rest_grad(a: Tensor, y: Tensor, p: Tensor, q: Tensor, first_channel: int,
-                     out: Optional[Tensor] = None) -> Tensor:
+                     out: Optional[Tensor] = None, consume_q: bool = False) -> Tensor:
     """Gradient w.r.t. the logits of ``sum_c a_c T_c`` (:class:`_OneVsRestSoftmaxNLL`'s formula, ``a = -w G``).
 
     ``y``, ``a`` and ``q`` (:func:`one_vs_rest_reference_probability`) cover the channels from
     ``first_channel`` on (``a`` may be a 0-d or ``(B, 1, ...)`` tensor that broadcasts over them), ``p`` all C.
-    Returns a new ``(B, C, *spatial)`` tensor, or ``out`` with the gradient added to it.
+    Returns a new ``(B, C, *spatial)`` tensor, or ``out`` with the gradient added to it. ``consume_q``: ``q``
+    may be overwritten (one temporary less).
     """
     c0 = first_channel
     # H_c = a_c / S_c where y_c = 0, 0 where y_c = 1 (S_c may be 0 there, q is not): 1/q - y/q is exactly that
-    h = torch.reciprocal(q)
+    h = q.reciprocal_() if consume_q else torch.reciprocal(q)
     h.addcmul_(h, y, value=-1).mul_(a)
     # ``a`` may broadcast over the channels (one weight for both sides): then sum_c a_c = K a
     total_a = a.sum(1, keepdim=True) if a.ndim == y.ndim and a.shape[1] == y.shape[1] else a * y.shape[1]

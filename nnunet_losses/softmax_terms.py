@@ -130,8 +130,8 @@ class _LabelPass:
         if gamma == 1:
             return tp, _channel_sums(p, m) - tp, _channel_sums(y, m) - tp
         r = y - p  # 1 - p where y = 1, -p where y = 0: q = |r| is the FN (y = 1) or FP (y = 0) base
-        if gamma == 2:  # q^2 = r r; its derivative 2q is kept signed (2r) and the sign folded into backward
-            q_pow, self.slope = r * r, r
+        if gamma == 2:  # q^2 = r r; its derivative 2q is signed 2r, recomputed in backward (one subtraction; the
+            q_pow, self.slope = r.mul_(r), None  # 1/C of the logits' memory less until then)
         else:
             q = r.abs_()
             q_pow, self.slope = q.pow(gamma), (q.pow_(gamma - 1) if self.need_grad else None)
@@ -184,7 +184,7 @@ class _LabelPass:
         else:  # slope q^(gamma-1): T = y g_tp + gamma q^(gamma-1) (g_fp + y (-g_fn - g_fp))
             t = torch.mul(y, self.gamma * (-g_fn - g_fp), out=out).add_(self.gamma * g_fp)
         if self.gamma != 1:
-            t.mul_(self.slope).addcmul_(y, g_tp)
+            t.mul_(torch.sub(y, self.p[:, self.c0:]) if self.gamma == 2 else self.slope).addcmul_(y, g_tp)
         if m is not None:
             t.mul_(m)
 
@@ -202,7 +202,7 @@ class _LabelPass:
         y = self.onehot[:, self.c0:]
         a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one
         a = a * self.mask if self.mask is not None else a
-        return Fn.one_vs_rest_grad(a, y, self.p, self._one_vs_rest_q(), self.c0, out=grad)
+        return Fn.one_vs_rest_grad(a, y, self.p, self._one_vs_rest_q(), self.c0, out=grad, consume_q=True)
 
 
 def _spatial_sum(x: Tensor) -> Tensor:
