@@ -11,7 +11,7 @@ Every region loss is a function of a few numbers per sample and region: the over
 voxel mask). :func:`sigmoid_hard_terms` returns these ``(B, R)`` numbers from one sigmoid, and its backward maps
 their gradients back to the logits in one pass; the losses combine them with ordinary autograd (the weights
 ``w+ L+ + w- L-``, the means, the scores). This is a speed-up only: the same values and gradients as the general
-formulas, to rounding (tests/test_fast_paths.py), for targets holding only 0 and 1 (``PreparedBatch.hard``).
+formulas, to rounding (tests/test_sigmoid_fused.py), for targets holding only 0 and 1 (``PreparedBatch.hard``).
 
 Gradient (derivation). With ``p = sigmoid(x)``, ``dp/dx = p (1 - p)``:
 
@@ -26,11 +26,14 @@ Gradient (derivation). With ``p = sigmoid(x)``, ``dp/dx = p (1 - p)``:
   So ``dL/dx = m G (g_L- + y (g_L+ - g_L-))``.
 
 The logits' gradient is ``p (1 - p) dL/dp + (focal part)``: a handful of elementwise passes, against the dozen
-full-size kernels and saved intermediates of the autograd graph. ``log q`` is taken as ``log(sigmoid(z))``
-(a third of ``logsigmoid``'s time); where some ``q`` is below ``1e-30`` (a logit ~70 on the wrong side) it
-would lose precision, and :func:`sigmoid_hard_terms` returns None so that the caller takes the general formula.
-Where ``q`` rounds to 1 (``z > 17`` in float32) ``log q`` is 0 instead of ``-exp(-z)``: an absolute error
-below float32's epsilon per element, as in ``torch.nn.functional.binary_cross_entropy_with_logits`` itself.
+full-size kernels and saved intermediates of the autograd graph. With focal exponents ``p`` is not computed:
+``p = q`` where ``y = 1`` and ``p = u``, ``1 - p = q`` where ``y = 0``, so the statistics and ``p (1 - p) = q u``
+come from ``q`` and ``u`` (the exact sigmoid where the general formula rounds ``1 - p``). ``log q`` is taken as
+``log(sigmoid(z))`` (a third of ``logsigmoid``'s time); where some ``q`` is below ``1e-30`` (a logit ~70 on the
+wrong side) it would lose precision, and :func:`sigmoid_hard_terms` returns None so that the caller takes the
+general formula. Where ``q`` rounds near 1 the focal path corrects ``log q`` by the rounding error
+``q - 1 + u``; the BCE (gamma 0, no ``u``) keeps ``log`` of the rounded ``q``: its value is exact to
+``2^-24`` absolute per element (the gradient, ``y - p``, is torch's own).
 Differentiable once (double backward raises).
 """
 from __future__ import annotations
@@ -68,8 +71,9 @@ def sigmoid_hard_terms(logits: Tensor, y: Tensor, mask: Optional[Tensor], stats_
     gammas = None if focal_gammas is None else (float(focal_gammas[0]), float(focal_gammas[1]))
     bce = gammas == (0.0, 0.0)
     with torch.no_grad():
-        # p = sigmoid(x) for the statistics and the BCE gradient y - p (torch's own, sigmoid(x) - y)
-        p = torch.sigmoid(logits) if stats_gamma is not None or bce else None
+        # p = sigmoid(x) for the statistics and the BCE gradient y - p (torch's own, sigmoid(x) - y); with focal
+        # exponents the statistics read p from q and u instead (p = q where y = 1, u where y = 0)
+        p = torch.sigmoid(logits) if bce or (stats_gamma is not None and gammas is None) else None
         side = None
         if gammas is not None:
             # z = s x with s = 2y - 1 = +-1 (exact); s itself is not kept: backward folds it into the side weights
@@ -100,8 +104,10 @@ class _SigmoidHardTerms(torch.autograd.Function):
         ym = y if mask is None else y * mask
         tp, fp, fn, l_pos, l_neg = (logits.new_zeros(()) for _ in range(5))  # parts not asked for
         free = []  # full-size buffers of ours that nothing reads any more
-        r = None
-        if stats_gamma == 1:
+        r = slope_p = None
+        if stats_gamma is not None and p is None:  # focal exponents: the statistics from q and u
+            (tp, fp, fn), slope_p = _stats_from_sides(y, ym, mask, side, stats_gamma, free, axes, acc)
+        elif stats_gamma == 1:
             work = torch.mul(p, ym)
             tp = work.sum(axes, dtype=acc)
             p_sum = torch.mul(p, mask, out=work).sum(axes, dtype=acc) if mask is not None else p.sum(axes, dtype=acc)
@@ -120,7 +126,8 @@ class _SigmoidHardTerms(torch.autograd.Function):
             free += [fp_map, fn_map]
         g_map = None
         if focal_gammas is not None:
-            values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free)
+            values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free,
+                                                    keep_u=slope_p is not None)
             if mask is not None:
                 values.mul_(mask)
             if split:  # (1 - y) m F log q as m F log q - y m F log q, in place: exact for y in {0, 1}
@@ -134,7 +141,9 @@ class _SigmoidHardTerms(torch.autograd.Function):
         ctx.stats_gamma, ctx.focal, ctx.split = stats_gamma, focal_gammas is not None, split
         ctx.signed = focal_gammas == (0.0, 0.0)  # g_map is G (BCE: y - p), else G / s (s folded in below)
         ctx.save_for_backward(y, mask)
-        ctx.maps = (p if stats_gamma is not None else None, r, g_map)
+        # p (1 - p) through sigmoid_backward of p, or as the product q u of the statistics from the sides
+        ctx.maps = (p if stats_gamma is not None else None, r, g_map, slope_p,
+                    side[1] if slope_p is not None else None)
         ctx.spare = free[-2:]  # buffers backward may write its result into (its first call only)
         return tp, fp, fn, l_pos, l_neg
 
@@ -142,16 +151,21 @@ class _SigmoidHardTerms(torch.autograd.Function):
     @once_differentiable  # the derivatives are written out without a graph: refuse double backward
     def backward(ctx, g_tp, g_fp, g_fn, g_pos, g_neg):
         y, mask = ctx.saved_tensors
-        p, r, g_map = ctx.maps  # read only: backward may run again on the same graph (retain_graph, gradcheck)
+        p, r, g_map, slope_p, u = ctx.maps  # read only: backward may run again (retain_graph, gradcheck)
         spare, ctx.spare = ctx.spare, []  # the result is handed to autograd: a second call writes elsewhere
         shape = y.shape[:2] + (1,) * (y.ndim - 2)
         grad = None
         if ctx.stats_gamma == 1:  # dL/dp = g_FP + y (g_TP - g_FP - g_FN)
             grad = torch.mul(y, (g_tp - g_fp - g_fn).view(shape), out=_pop(spare)).add_(g_fp.view(shape))
-        elif ctx.stats_gamma == 2:  # dL/dp = g_TP y - 2 r (g_FP + y (g_FN - g_FP))
+        elif ctx.stats_gamma == 2 and r is not None:  # dL/dp = g_TP y - 2 r (g_FP + y (g_FN - g_FP))
             grad = torch.mul(y, (-2 * (g_fn - g_fp)).view(shape), out=_pop(spare)).add_((-2 * g_fp).view(shape))
             grad.mul_(r).addcmul_(y, g_tp.view(shape))
-        if grad is not None:  # times dp/dx = p (1 - p), in place
+        elif ctx.stats_gamma == 2:  # the same with r = s u: dL/dp = g_TP y + u (2 g_FP - 2 y (g_FP + g_FN))
+            grad = torch.mul(y, (-2 * (g_fp + g_fn)).view(shape), out=_pop(spare)).add_((2 * g_fp).view(shape))
+            grad.mul_(u).addcmul_(y, g_tp.view(shape))
+        if grad is not None and slope_p is not None:  # times dp/dx = p (1 - p) = q u
+            grad.mul_(slope_p)
+        elif grad is not None:  # times dp/dx = p (1 - p), in place
             torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
         if ctx.focal:  # dL/dx = G (g_L- + y (g_L+ - g_L-)); G g_L+ when not split
             if not ctx.signed:  # g_map = G / s: the side weights times s = +1 (y = 1) and s = -1 (y = 0)
@@ -175,10 +189,11 @@ def _pop(buffers: list) -> Optional[Tensor]:
 
 
 def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Optional[Tensor], side,
-                            gammas: Tuple[float, float], free: list) -> Tuple[Tensor, Tensor]:
+                            gammas: Tuple[float, float], free: list, keep_u: bool = False) -> Tuple[Tensor, Tensor]:
     """The unmasked maps ``F log q`` and ``G / s = d(F log q)/dz`` of the module docstring (for the BCE ``G``
     itself, ``y - p``), written into ``side``'s maps and ``free``'s buffers where possible (``p_free``: nothing
-    else reads ``p``, it may be overwritten); maps nothing reads any more are added to ``free``."""
+    else reads ``p``, it may be overwritten); maps nothing reads any more (``u`` unless ``keep_u``) are added to
+    ``free``."""
     q, u = side
     if gammas == (0.0, 0.0):  # BCE: F = 1, G = y - p (torch's own BCE gradient, sigmoid(x) - y)
         if r is not None:  # the DSC++ statistics' r = y - p
@@ -186,16 +201,31 @@ def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Opt
         elif p_free:  # -(p - y) in place: negation is exact
             g_map = p.sub_(y).neg_()
         else:
-            g_map = torch.sub(y, p, out=free.pop()) if free else y - p
+            g_map = torch.sub(y, p, out=_pop(free))
         return q.log_(), g_map
     gamma_pos, gamma_neg = gammas
-    log_q = torch.log(q, out=free.pop()) if free else torch.log(q)
+    log_q = torch.log(q, out=_pop(free))
+    # log q to full precision where q rounds near 1: minus the rounding error d = q - 1 + u of q (q - 1 is exact
+    # there; where q is small, |d| <= 2^-24 is far below |log q|)
+    rounding = torch.sub(q, 1, out=_pop(free)).add_(u)
+    log_q.sub_(rounding)
+    free.append(rounding)
     q_log_q = q.mul_(log_q)  # in place: q is not read again
-    if gamma_pos == gamma_neg and gamma_pos >= 1:  # u F - q log q u F' = F (u - gamma q log q): one power map
-        factor = u if gamma_pos == 1 else (u * u if gamma_pos == 2 else u.pow(gamma_pos))
-        slope = q_log_q.mul_(-gamma_pos).add_(u).mul_(factor)
+    if not any(0 < g < 1 for g in gammas) or bool(u.amin() > POW_EPS):
+        # no element on safe_pow's linear piece: D = u F' = gamma F on either side, so with gamma- + y (gamma+ -
+        # gamma-) the reference side's exponent, u F - q log q D = F (u - gamma- q log q - y (gamma+ - gamma-) q log q)
+        factor = _power(u, gamma_pos, _pop(free))
+        if gamma_pos != gamma_neg:
+            factor = _by_side(y, factor, _power(u, gamma_neg, _pop(free)), u)
+        if gamma_neg != 0:  # -gamma- q log q (1 + y (gamma+ - gamma-) / gamma-), in place
+            slope = q_log_q.mul_(-gamma_neg)
+            if gamma_pos != gamma_neg:
+                slope.addcmul_(slope, y, value=(gamma_pos - gamma_neg) / gamma_neg)
+        else:
+            slope = q_log_q.mul_(y).mul_(-gamma_pos)
+        slope.add_(u).mul_(factor)
         scaled = None
-    else:  # the reference side's F and D = u F' (exact blends: y is 0 or 1)
+    else:  # the reference side's F and D = u F' (exact blends: y is 0 or 1), D = F on the linear piece
         factor, scaled = _factor_and_scaled_derivative(u, gamma_neg)
         if gamma_pos != gamma_neg:
             factor_pos, scaled_pos = _factor_and_scaled_derivative(u, gamma_pos)
@@ -203,9 +233,45 @@ def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Opt
         slope = q_log_q.mul_(scaled).neg_().addcmul_(u, factor)  # u F - q log q D
     values = log_q.mul_(factor)
     for m in (u, factor, scaled):  # nothing reads them any more (u may be F and D too: once)
-        if isinstance(m, Tensor) and all(m is not f for f in free):
+        if isinstance(m, Tensor) and not (keep_u and m is u) and all(m is not f for f in free):
             free.append(m)
     return values, slope
+
+
+def _stats_from_sides(y: Tensor, ym: Tensor, mask: Optional[Tensor], side, gamma: float, free: list, axes, acc
+                      ) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tensor]:
+    """(TP, FP, FN) of :func:`~nnunet_losses.functional.overlap_stats` from ``q = sigmoid(z)`` and
+    ``u = sigmoid(-z)`` (``p = q`` where ``y = 1``; ``p = u`` and ``1 - p = q`` where ``y = 0``), and the map
+    ``p (1 - p) = q u`` for backward: no sigmoid of their own. The FP and FN terms are ``u (1 - y)`` and
+    ``y - TP`` (gamma 1), ``u^2 (1 - y)`` and ``u^2 y`` (gamma 2): the exact sigmoid where the general formula
+    rounds ``1 - p``."""
+    q, u = side
+    work = q * ym
+    tp = work.sum(axes, dtype=acc)
+    if gamma == 1:
+        fp_map = torch.addcmul(u, u, y, value=-1, out=work)  # u (1 - y), exact
+        fn = ym.sum(axes, dtype=acc) - tp
+    else:
+        fp_map = torch.mul(u, u, out=work)
+        fn_map = fp_map * ym
+        fn = fn_map.sum(axes, dtype=acc)
+        fp_map.sub_(fn_map)
+        free.append(fn_map)
+    if mask is not None:
+        fp_map.mul_(mask)
+    fp = fp_map.sum(axes, dtype=acc)
+    free.append(fp_map)
+    return (tp, fp, fn), q * u
+
+
+def _power(u: Tensor, gamma: float, out: Optional[Tensor] = None) -> float | Tensor:
+    """``u ** gamma`` for ``u > POW_EPS`` (safe_pow's exact piece; a number for gamma 0, ``u`` for gamma 1),
+    written into ``out`` if given (unused for gamma 0 and 1)."""
+    if gamma == 0:
+        return 1.0
+    if gamma == 1:
+        return u
+    return torch.mul(u, u, out=out) if gamma == 2 else torch.pow(u, gamma, out=out)
 
 
 def _factor_and_scaled_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
