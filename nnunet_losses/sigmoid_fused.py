@@ -214,9 +214,9 @@ def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Opt
     if not any(0 < g < 1 for g in gammas) or bool(u.amin() > POW_EPS):
         # no element on safe_pow's linear piece: D = u F' = gamma F on either side, so with gamma- + y (gamma+ -
         # gamma-) the reference side's exponent, u F - q log q D = F (u - gamma- q log q - y (gamma+ - gamma-) q log q)
-        factor = _power(u, gamma_pos, _pop(free))
+        factor = _power(u, gamma_pos, free)
         if gamma_pos != gamma_neg:
-            factor = _by_side(y, factor, _power(u, gamma_neg, _pop(free)), u)
+            factor = _by_side(y, factor, _power(u, gamma_neg, free), u)
         if gamma_neg != 0:  # -gamma- q log q (1 + y (gamma+ - gamma-) / gamma-), in place
             slope = q_log_q.mul_(-gamma_neg)
             if gamma_pos != gamma_neg:
@@ -264,14 +264,14 @@ def _stats_from_sides(y: Tensor, ym: Tensor, mask: Optional[Tensor], side, gamma
     return (tp, fp, fn), q * u
 
 
-def _power(u: Tensor, gamma: float, out: Optional[Tensor] = None) -> float | Tensor:
+def _power(u: Tensor, gamma: float, free: list) -> float | Tensor:
     """``u ** gamma`` for ``u > POW_EPS`` (safe_pow's exact piece; a number for gamma 0, ``u`` for gamma 1),
-    written into ``out`` if given (unused for gamma 0 and 1)."""
+    written into one of the ``free`` buffers if there is one."""
     if gamma == 0:
         return 1.0
     if gamma == 1:
         return u
-    return torch.mul(u, u, out=out) if gamma == 2 else torch.pow(u, gamma, out=out)
+    return torch.mul(u, u, out=_pop(free)) if gamma == 2 else torch.pow(u, gamma, out=_pop(free))
 
 
 def _factor_and_scaled_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
