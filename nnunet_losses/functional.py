@@ -162,7 +162,8 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
 
     Per voxel ``l = log p_t``, ``u = 1 - p_t = -expm1(l)``, ``F = safe_pow(u, gamma_t)``. With ``du/dl = -p_t``:
     ``D = d\ell/dl = -w_t (F - p_t\, l\, F'(u))`` (``F'`` as autograd takes it through :func:`safe_pow`), and
-    ``dl/dx_k = y_k - p_k``. ``p_t >= 1e-30`` (the callers check). The slope is None unless ``need_slope``.
+    ``dl/dx_k = y_k - p_k``. ``p_t >= 1e-30`` (the callers check). The slope is None unless ``need_slope``, and a
+    plain number where it is the same for every voxel (unweighted CE).
     """
     log_p_t = p_t.log()
     factor, derivative = 1.0, 0.0
@@ -187,6 +188,10 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
         return value, None
     if isinstance(derivative, Tensor) or derivative != 0:  # D / -w_t = F - p_t l F'
         d = torch.mul(p_t, log_p_t).mul_(derivative).neg_().add_(factor)
+    elif isinstance(factor, Tensor):
+        d = factor.clone()
+    elif not isinstance(w_t, Tensor):  # plain CE: D = -1 everywhere, a number (no voxel map)
+        return value, -(w_t * factor)
     else:
         d = _as_tensor(factor, p_t)
     return value, _weighted_neg(w_t, d)
@@ -227,7 +232,7 @@ class _HardCategoricalFocalNLL(torch.autograd.Function):
         value, slope = hard_categorical_focal_terms(onehot, p_t, class_weights, class_gammas,
                                                     ctx.needs_input_grad[0])
         if slope is not None:
-            ctx.save_for_backward(onehot, p, slope)
+            ctx.save_for_backward(onehot, p, _as_tensor(slope, p_t))
         return value
 
     @staticmethod

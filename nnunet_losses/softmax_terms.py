@@ -192,8 +192,8 @@ class _LabelPass:
         """Gradient of the NLL mean w.r.t. the logits, added to ``grad`` (or a new ``(B, C, *spatial)`` tensor)."""
         g = g_nll / self.count  # the mean's backward: G / N on every valid element
         if isinstance(self.nll, CategoricalNLL):
-            e = self.slope_nll * g
-            e = e if self.mask is None else e.mul_(self.mask)
+            e = self.slope_nll * g  # a 0-d tensor for plain CE (the same slope everywhere)
+            e = e if self.mask is None else e * self.mask
             if grad is None:
                 return torch.sub(self.onehot, self.p).mul_(e)
             for k in range(grad.shape[1]):  # (y_k - p_k) e, channel by channel
