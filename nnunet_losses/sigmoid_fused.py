@@ -114,16 +114,17 @@ class _SigmoidHardTerms(torch.autograd.Function):
             fp, fn = p_sum - tp, ym.sum(axes, dtype=acc) - tp
             free.append(work)
         elif stats_gamma == 2:  # r^2 is the FP term where y = 0 and the FN term where y = 1
-            r = y - p
-            r2 = r * r
+            r = y - p  # backward reads p (1 - p) as |r| (1 - |r|): nothing reads p after TP, in place
+            tp = p.mul_(ym).sum(axes, dtype=acc)
+            r2 = torch.mul(r, r, out=p)
             fn_map = r2 * ym
             fn = fn_map.sum(axes, dtype=acc)
             fp_map = r2.sub_(fn_map)
             if mask is not None:
                 fp_map.mul_(mask)
             fp = fp_map.sum(axes, dtype=acc)
-            tp = torch.mul(p, ym, out=fn_map).sum(axes, dtype=acc)
             free += [fp_map, fn_map]
+            p = None
         g_map = None
         if focal_gammas is not None:
             values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free,
@@ -165,7 +166,8 @@ class _SigmoidHardTerms(torch.autograd.Function):
             grad.mul_(u).addcmul_(y, g_tp.view(shape))
         if grad is not None and slope_p is not None:  # times dp/dx = p (1 - p) = q u
             grad.mul_(slope_p)
-        elif grad is not None:  # times dp/dx = p (1 - p), in place
+        elif grad is not None:  # times dp/dx = p (1 - p), in place; with r = y - p, p (1 - p) = |r| (1 - |r|)
+            p = p if p is not None else torch.abs(r, out=_pop(spare))
             torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
         if ctx.focal:  # dL/dx = G (g_L- + y (g_L+ - g_L-)); G g_L+ when not split
             if not ctx.signed:  # g_map = G / s: the side weights times s = +1 (y = 1) and s = -1 (y = 0)
@@ -206,24 +208,26 @@ def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Opt
     gamma_pos, gamma_neg = gammas
     log_q = torch.log(q, out=_pop(free))
     # log q to full precision where q rounds near 1: minus the rounding error d = q - 1 + u of q (q - 1 is exact
-    # there; where q is small, |d| <= 2^-24 is far below |log q|)
-    rounding = torch.sub(q, 1, out=_pop(free)).add_(u)
+    # there; where q is small, |d| <= 2^-24 is far below |log q|), written over q; then q log q = (1 - u) log q
+    rounding = q.sub_(1).add_(u)
     log_q.sub_(rounding)
-    free.append(rounding)
-    q_log_q = q.mul_(log_q)  # in place: q is not read again
+    q_log_q = torch.addcmul(log_q, u, log_q, value=-1, out=rounding)
     if not any(0 < g < 1 for g in gammas) or bool(u.amin() > POW_EPS):
         # no element on safe_pow's linear piece: D = u F' = gamma F on either side, so with gamma- + y (gamma+ -
         # gamma-) the reference side's exponent, u F - q log q D = F (u - gamma- q log q - y (gamma+ - gamma-) q log q)
-        factor = _power(u, gamma_pos, free)
-        if gamma_pos != gamma_neg:
-            factor = _by_side(y, factor, _power(u, gamma_neg, free), u)
         if gamma_neg != 0:  # -gamma- q log q (1 + y (gamma+ - gamma-) / gamma-), in place
             slope = q_log_q.mul_(-gamma_neg)
             if gamma_pos != gamma_neg:
                 slope.addcmul_(slope, y, value=(gamma_pos - gamma_neg) / gamma_neg)
         else:
             slope = q_log_q.mul_(y).mul_(-gamma_pos)
-        slope.add_(u).mul_(factor)
+        slope.add_(u)
+        # F from u, the last power over u itself unless backward reads u (nothing else does any more)
+        factor = _power(u, gamma_pos, free, in_place=not keep_u and gamma_neg == gamma_pos)
+        if gamma_pos != gamma_neg:
+            factor = _by_side(y, factor, _power(u, gamma_neg, free, in_place=not keep_u and factor is not u),
+                              u if keep_u else None)
+        slope.mul_(factor)
         scaled = None
     else:  # the reference side's F and D = u F' (exact blends: y is 0 or 1), D = F on the linear piece
         factor, scaled = _factor_and_scaled_derivative(u, gamma_neg)
@@ -264,13 +268,15 @@ def _stats_from_sides(y: Tensor, ym: Tensor, mask: Optional[Tensor], side, gamma
     return (tp, fp, fn), q * u
 
 
-def _power(u: Tensor, gamma: float, free: list) -> float | Tensor:
+def _power(u: Tensor, gamma: float, free: list, in_place: bool = False) -> float | Tensor:
     """``u ** gamma`` for ``u > POW_EPS`` (safe_pow's exact piece; a number for gamma 0, ``u`` for gamma 1),
-    written into one of the ``free`` buffers if there is one."""
+    written over ``u`` (``in_place``) or into one of the ``free`` buffers if there is one."""
     if gamma == 0:
         return 1.0
     if gamma == 1:
         return u
+    if in_place:
+        return u.mul_(u) if gamma == 2 else u.pow_(gamma)
     return torch.mul(u, u, out=_pop(free)) if gamma == 2 else torch.pow(u, gamma, out=_pop(free))
 
 
@@ -291,7 +297,7 @@ def _factor_and_scaled_derivative(u: Tensor, gamma: float) -> Tuple[float | Tens
     return factor, above.mul_(factor).mul_(gamma - 1).add_(factor)  # gamma F above eps, F below
 
 
-def _by_side(y: Tensor, pos: float | Tensor, neg: float | Tensor, shared: Tensor) -> Tensor:
+def _by_side(y: Tensor, pos: float | Tensor, neg: float | Tensor, shared: Optional[Tensor]) -> Tensor:
     """``pos`` where ``y = 1``, ``neg`` where ``y = 0``, exactly (one of the two products is 0), written into
     ``neg``'s map where it is ours (not ``shared``)."""
     if not isinstance(neg, Tensor) and neg == 0:
