@@ -194,8 +194,11 @@ class _LabelPass:
         if isinstance(self.nll, CategoricalNLL):
             e = self.slope_nll * g  # a 0-d tensor for plain CE (the same slope everywhere)
             e = e if self.mask is None else e * self.mask
-            if grad is None:
-                return torch.sub(self.onehot, self.p).mul_(e)
+            if grad is None:  # (y - p) e written over p (-p + y == y - p exactly): no new logits-sized buffer, so
+                # that a training step frees no more than torch's CE (glibc returns a larger free heap top to the
+                # OS, and every page of the next step's allocations is then faulted in again: ~4 ms per step here)
+                grad, self.p = self.p.neg_().add_(self.onehot).mul_(e), None
+                return grad
             for k in range(grad.shape[1]):  # (y_k - p_k) e, channel by channel
                 grad[:, k:k + 1].add_(torch.sub(self.onehot[:, k:k + 1], self.p[:, k:k + 1]).mul_(e))
             return grad
@@ -229,10 +232,13 @@ class _SoftmaxLabelTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, state: _LabelPass):
         ctx.state = state
+        ctx.save_for_backward(logits)  # no copy; only read if the softmax was consumed by an earlier backward
         outputs, state.outputs = state.outputs, None  # the state must not hold the outputs (a reference cycle)
         return outputs
 
     @staticmethod
     @once_differentiable  # the derivatives are written out without a graph: refuse double backward
     def backward(ctx, *grads):
+        if ctx.state.p is None:  # a second backward (retain_graph): the first one wrote its gradient over p
+            ctx.state.p = torch.softmax(ctx.saved_tensors[0], 1)
         return ctx.state.backward(grads), None

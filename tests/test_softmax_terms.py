@@ -160,3 +160,17 @@ def test_label_map_losses_equal_the_one_hot_probability_target(name, ignore_labe
     for a, b in zip(g_hard, g_soft):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(b.abs().max().item(), 1 / b.numel()))
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "dice_ce"])
+def test_backward_twice_with_retain_graph(name):
+    """The categorical NLL's backward writes its gradient over the saved softmax; a second backward
+    (retain_graph) recomputes it and gives the same gradient again."""
+    x, onehot, _ = _case(torch.float32, False, seed=4)
+    labels = onehot.argmax(1, keepdim=True).to(torch.int16)
+    x.requires_grad_()
+    value = nnunet_losses.get_loss(name)(x, labels)
+    value.backward(retain_graph=True)
+    first = x.grad.clone()
+    value.backward()
+    torch.testing.assert_close(x.grad, 2 * first)
