@@ -45,13 +45,25 @@ class PreparedBatch:
     ``hard`` is True when ``onehot`` and ``mask`` are known to hold only 0 and 1 (label maps; bool region maps as
     nnU-Net's data loader produces them), which lets :func:`~nnunet_losses.functional.overlap_stats` take its
     fused path; float region maps might be soft and keep the generic one.
+
+    ``dense_target`` is the ``(B, K, *spatial)`` target (one-hot, class probabilities or region maps). For a label
+    map it is None until :attr:`onehot` is first read, which builds it from ``labels`` (the validated label map,
+    ignored voxels set to 0): CE, weighted CE and Focal read one class at a time and never build it.
     """
     logits: Tensor
-    onehot: Tensor
+    dense_target: Optional[Tensor]
     mask: Optional[Tensor]
     region_based: bool
     hard: bool = False
+    labels: Optional[Tensor] = None
     _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def onehot(self) -> Tensor:
+        """The target ``(B, K, *spatial)`` in the compute dtype (a label map's one-hot is built on first use)."""
+        if self.dense_target is None:
+            self.dense_target = label_onehot(self.labels, self.logits)
+        return self.dense_target
 
     def _cached(self, key, fn):
         if key not in self._cache:
@@ -169,12 +181,19 @@ def _label_map_batch(x: Tensor, target: Tensor, ignore_label: Optional[int]) -> 
                          f"{n_classes} output channels (labels 0..{n_classes - 1}"
                          f"{'' if ignore_label is None else f', ignore label {ignore_label}'}); "
                          f"check dataset.json 'labels' and the loss's ignore_label")
-    # one-hot as labels == class index, written straight into the compute dtype: one kernel, no zero fill, the
-    # same 0/1 values as zeros().scatter_(1, labels, 1)
-    classes = torch.arange(n_classes, dtype=labels.dtype, device=labels.device).view(1, -1, *([1] * (x.ndim - 2)))
-    onehot = torch.empty_like(x)
-    torch.eq(labels, classes, out=onehot)
-    return PreparedBatch(x, onehot, mask, False, hard=True)
+    return PreparedBatch(x, None, mask, False, hard=True, labels=labels)
+
+
+def label_onehot(labels: Tensor, logits: Tensor) -> Tensor:
+    """One-hot of a label map ``(B, 1, ...)`` in the logits' dtype and shape.
+
+    ``labels == class index``, written straight into the compute dtype: one kernel, no zero fill, the same 0/1
+    values as ``zeros().scatter_(1, labels, 1)``.
+    """
+    classes = torch.arange(logits.shape[1], dtype=labels.dtype, device=labels.device)
+    onehot = torch.empty_like(logits)
+    torch.eq(labels, classes.view(1, -1, *([1] * (logits.ndim - 2))), out=onehot)
+    return onehot
 
 
 def _probability_batch(x: Tensor, target: Tensor, ignore_label: Optional[int]) -> PreparedBatch:

@@ -14,7 +14,7 @@ The wrappers in :mod:`nnunet_losses.losses` only choose parameters and channels;
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +155,7 @@ def categorical_focal_nll_hard(logits: Tensor, onehot: Tensor, class_weights: Op
                                           None if class_gammas is None else tuple(float(g) for g in class_gammas))
 
 
-def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Optional[Tensor],
+def hard_categorical_focal_terms(indicator: Callable[[int], Tensor], p_t: Tensor, class_weights: Optional[Tensor],
                                  class_gammas: Optional[Tuple[float, ...]], need_slope: bool
                                  ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Per-voxel value ``\ell = -w_t F(u) \log p_t`` and slope ``D`` with ``d\ell/dx = D (y - p)``, no graph.
@@ -163,7 +163,8 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
     Per voxel ``l = log p_t``, ``u = 1 - p_t = -expm1(l)``, ``F = safe_pow(u, gamma_t)``. With ``du/dl = -p_t``:
     ``D = d\ell/dl = -w_t (F - p_t\, l\, F'(u))`` (``F'`` as autograd takes it through :func:`safe_pow`), and
     ``dl/dx_k = y_k - p_k``. ``p_t >= 1e-30`` (the callers check). The slope is None unless ``need_slope``, and a
-    plain number where it is the same for every voxel (unweighted CE).
+    plain number where it is the same for every voxel (unweighted CE). ``indicator(c)`` is the
+    ``(B, 1, *spatial)`` 0/1 map of class ``c`` (a one-hot channel).
     """
     log_p_t = p_t.log()
     factor, derivative = 1.0, 0.0
@@ -176,13 +177,14 @@ def hard_categorical_focal_terms(onehot: Tensor, p_t: Tensor, class_weights: Opt
             factor = derivative = None
             for g in distinct:
                 f_g, d_g = _focal_factor_and_derivative(u, g)
-                has_g = _sum_of_channels(onehot, [c for c, gc in enumerate(class_gammas) if gc == g])
+                has_g = _sum_of_indicators(indicator, [c for c, gc in enumerate(class_gammas) if gc == g])
                 factor = _add_product(factor, has_g, f_g)
                 derivative = _add_product(derivative, has_g, d_g)
                 del f_g, d_g, has_g  # free before the next gamma's temporaries (peak memory)
             derivative = 0.0 if derivative is None else derivative
         del u
-    w_t = 1.0 if class_weights is None else _sum_of_channels(onehot, range(onehot.shape[1]), class_weights.tolist())
+    w_t = 1.0 if class_weights is None else _sum_of_indicators(indicator, range(len(class_weights)),
+                                                               class_weights.tolist())
     value = _weighted_neg(w_t, log_p_t * factor if isinstance(factor, Tensor) else log_p_t.clone())
     if not need_slope:
         return value, None
@@ -209,13 +211,14 @@ def _add_product(out: Optional[Tensor], a: Tensor, b: float | Tensor) -> Optiona
     return out.add_(a, alpha=b) if b != 0 else out
 
 
-def _sum_of_channels(onehot: Tensor, channels: Sequence[int], weights: Optional[Sequence[float]] = None) -> Tensor:
-    """``sum_{c in channels} w_c y_c`` as a ``(B, 1, *spatial)`` tensor, channel by channel (no ``(B, C, ...)``
+def _sum_of_indicators(indicator: Callable[[int], Tensor], channels: Sequence[int],
+                       weights: Optional[Sequence[float]] = None) -> Tensor:
+    """``sum_{c in channels} w_c y_c`` as a ``(B, 1, *spatial)`` tensor, class by class (no ``(B, C, ...)``
     temporary, no index copy); for one-hot ``y`` every product is exact and at most one term is non-zero."""
     out = None
     for c in channels:
         w = 1.0 if weights is None else weights[c]
-        y_c = onehot[:, c:c + 1]
+        y_c = indicator(c)
         if out is None:
             out = y_c * w if w != 1 else y_c.clone()
         else:
@@ -229,7 +232,7 @@ class _HardCategoricalFocalNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, onehot, p, p_t, class_weights, class_gammas):
-        value, slope = hard_categorical_focal_terms(onehot, p_t, class_weights, class_gammas,
+        value, slope = hard_categorical_focal_terms(lambda c: onehot[:, c:c + 1], p_t, class_weights, class_gammas,
                                                     ctx.needs_input_grad[0])
         if slope is not None:
             ctx.save_for_backward(onehot, p, _as_tensor(slope, p_t))

@@ -62,19 +62,22 @@ class LabelTerms(NamedTuple):
 MIN_PROBABILITY = 1e-30
 
 
-def softmax_label_terms(logits: Tensor, onehot: Tensor, mask: Optional[Tensor], first_channel: int,
-                        gamma: Optional[float] = None, nll: Optional[VoxelNLL] = None) -> Optional[LabelTerms]:
+def softmax_label_terms(logits: Tensor, onehot: Optional[Tensor], mask: Optional[Tensor], first_channel: int,
+                        gamma: Optional[float] = None, nll: Optional[VoxelNLL] = None,
+                        labels: Optional[Tensor] = None) -> Optional[LabelTerms]:
     """Statistics (``gamma`` not None: DSC++'s FP/FN exponent, 1 or > 1) and/or the NLL mean of ``softmax(logits)``.
 
     ``onehot`` is the one-hot label map ``(B, C, *spatial)`` (0/1, logits' dtype), ``mask`` ``(B, 1, *spatial)``
-    0/1 or None. Returns None where the general path must be taken: ``gamma < 1`` (its power needs
+    0/1 or None. The categorical NLL alone may be given the label map ``labels`` ``(B, 1, *spatial)`` (ignored
+    voxels 0) instead of ``onehot`` (None): it then reads one class at a time (``labels == c``) and the
+    ``(B, C, ...)`` one-hot map is never built. Returns None where the general path must be taken: ``gamma < 1`` (its power needs
     :func:`~nnunet_losses.functional.safe_pow`'s linear piece), or a probability the NLL takes the logarithm of
     is below :data:`MIN_PROBABILITY`.
     """
     if gamma is not None and gamma < 1:
         return None
     with torch.no_grad():
-        state = _LabelPass(logits, onehot, mask, first_channel, gamma, nll, logits.requires_grad)
+        state = _LabelPass(logits, onehot, mask, first_channel, gamma, nll, logits.requires_grad, labels)
     if state.outputs is None:
         return None
     outputs = _SoftmaxLabelTerms.apply(logits, state)
@@ -85,10 +88,12 @@ def softmax_label_terms(logits: Tensor, onehot: Tensor, mask: Optional[Tensor], 
 class _LabelPass:
     """The forward pass without autograd: the outputs (None if saturated) and what the backward pass needs."""
 
-    def __init__(self, logits, onehot, mask, c0, gamma, nll, need_grad):
+    def __init__(self, logits, onehot, mask, c0, gamma, nll, need_grad, labels=None):
+        if onehot is None and (gamma is not None or not isinstance(nll, CategoricalNLL) or labels is None):
+            raise ValueError("only the categorical NLL alone can be computed from the label map; pass the one-hot map")
         self.p = p = torch.softmax(logits, 1)
-        self.onehot, self.mask, self.c0, self.gamma, self.nll = onehot, mask, c0, gamma, nll
-        self.need_grad, self.outputs = need_grad, None
+        self.onehot, self.labels, self.mask, self.c0, self.gamma, self.nll = onehot, labels, mask, c0, gamma, nll
+        self.need_grad, self.outputs, self.dtype = need_grad, None, p.dtype
         tp = self._tp_and_p_t() if gamma is not None or isinstance(nll, CategoricalNLL) else None
         if isinstance(nll, CategoricalNLL) and bool(self.p_t.amin() < MIN_PROBABILITY):  # amin: no bool tensor
             return
@@ -99,14 +104,20 @@ class _LabelPass:
         outputs = self._stats(tp) if gamma is not None else ()
         self.outputs = outputs + ((self._nll(),) if nll is not None else ())
 
+    def _indicator(self, c: int) -> Tensor:
+        """The ``(B, 1, *spatial)`` 0/1 map of class ``c``: a one-hot channel, or ``labels == c`` (a new tensor)."""
+        if self.onehot is not None:
+            return self.onehot[:, c:c + 1]
+        return torch.eq(self.labels, c, out=torch.empty(self.labels.shape, dtype=self.dtype, device=self.labels.device))
+
     def _tp_and_p_t(self) -> Optional[Tensor]:
         """``TP = sum p y m`` of the statistics' channels (None without statistics) and, for the categorical NLL,
         ``p_t = sum_c p_c y_c`` (``self.p_t``): channel by channel, ``(B, 1, *spatial)`` temporaries only."""
-        p, onehot, m, c0 = self.p, self.onehot, self.mask, self.c0
+        p, m, c0 = self.p, self.mask, self.c0
         categorical = isinstance(self.nll, CategoricalNLL)
         columns, p_t = [], None
         for c in range(0 if categorical else c0, p.shape[1]):
-            prod = p[:, c:c + 1] * onehot[:, c:c + 1]
+            prod = p[:, c:c + 1] * self._indicator(c)
             if c >= c0 and self.gamma is not None:  # p (y m) = (p y) m exactly: y, m are 0/1
                 columns.append(_spatial_sum(prod if m is None else prod * m))
             if categorical:  # one of the terms is non-zero: the sum is exact in any order
@@ -142,7 +153,8 @@ class _LabelPass:
     def _nll(self) -> Tensor:
         """The voxel NLL's mean over valid voxels (:func:`~nnunet_losses.functional.masked_mean`)."""
         if isinstance(self.nll, CategoricalNLL):
-            value, self.slope_nll = Fn.hard_categorical_focal_terms(self.onehot, self.p_t, *self.nll, self.need_grad)
+            value, self.slope_nll = Fn.hard_categorical_focal_terms(self._indicator, self.p_t, *self.nll,
+                                                                    self.need_grad)
         else:
             y = self.onehot[:, self.c0:]
             self.w = Fn._blend(y, 1 - y, self.nll.w_pos, self.nll.w_neg)
@@ -197,10 +209,14 @@ class _LabelPass:
             if grad is None:  # (y - p) e written over p (-p + y == y - p exactly): no new logits-sized buffer, so
                 # that a training step frees no more than torch's CE (glibc returns a larger free heap top to the
                 # OS, and every page of the next step's allocations is then faulted in again: ~4 ms per step here)
-                grad, self.p = self.p.neg_().add_(self.onehot).mul_(e), None
-                return grad
+                grad, self.p = self.p.neg_(), None
+                if self.onehot is not None:
+                    return grad.add_(self.onehot).mul_(e)
+                for k in range(grad.shape[1]):  # + y_k, class by class from the label map
+                    grad[:, k:k + 1].add_(self._indicator(k))
+                return grad.mul_(e)
             for k in range(grad.shape[1]):  # (y_k - p_k) e, channel by channel
-                grad[:, k:k + 1].add_(torch.sub(self.onehot[:, k:k + 1], self.p[:, k:k + 1]).mul_(e))
+                grad[:, k:k + 1].add_(torch.sub(self._indicator(k), self.p[:, k:k + 1]).mul_(e))
             return grad
         y = self.onehot[:, self.c0:]
         a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one

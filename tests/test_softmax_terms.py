@@ -81,6 +81,42 @@ def test_fused_label_terms_equal_the_general_formulas(dtype, masked, margin, c0,
     torch.testing.assert_close(g_fused, g_general, rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
+@pytest.mark.parametrize("nll", ["ce", "asymmetric-focal", "weighted-focal"])
+def test_categorical_nll_from_the_label_map_equals_the_one_hot_path(dtype, masked, nll):
+    """The categorical NLL alone reads the label map class by class (labels == c): the same value and gradient as
+    from the one-hot map, bit for bit (the same products and sums)."""
+    x, onehot, mask = _case(dtype, masked, seed=31)
+    labels = onehot.argmax(1, keepdim=True).to(torch.int16)
+    from_labels = _values_and_grads(lambda z: [softmax_label_terms(z, None, mask, 0, None, NLLS[nll], labels).nll], x)
+    from_onehot = _values_and_grads(lambda z: [softmax_label_terms(z, onehot, mask, 0, None, NLLS[nll]).nll], x)
+    assert torch.equal(from_labels[0][0], from_onehot[0][0]) and torch.equal(from_labels[1], from_onehot[1])
+
+
+@pytest.mark.parametrize("name,kwargs", [("ce", {}), ("wce", {"class_priors": [0.5, 0.3, 0.2]}), ("focal", {})])
+@pytest.mark.parametrize("ignore_label", [None, 3])
+def test_pixelwise_label_losses_never_build_the_one_hot_map(name, kwargs, ignore_label):
+    """Guards the speed-up itself: CE / wCE / Focal on a label map read ``labels == c`` class by class."""
+    from nnunet_losses.batch import prepare_batch
+    x, onehot, _ = _case(torch.float32, False, seed=2)
+    labels = onehot.argmax(1, keepdim=True).to(torch.int16)
+    if ignore_label is not None:
+        labels[:, :, 0] = ignore_label
+    loss = nnunet_losses.get_loss(name, ignore_label=ignore_label, **kwargs)
+    batch = prepare_batch(x.requires_grad_(), labels, False, ignore_label)
+    loss.compute(batch).backward()
+    assert batch.dense_target is None and torch.isfinite(x.grad).all()
+
+
+def test_the_label_map_alone_is_refused_where_the_one_hot_map_is_needed():
+    x, onehot, _ = _case(torch.float32, False, seed=2)
+    labels = onehot.argmax(1, keepdim=True)
+    for gamma, nll in ((1.0, None), (None, NLLS["one-vs-rest"]), (1.0, NLLS["ce"])):
+        with pytest.raises(ValueError, match="one-hot"):
+            softmax_label_terms(x, None, None, 1, gamma, nll, labels)
+
+
 @pytest.mark.parametrize("nll", ["ce", "asymmetric-focal", "one-vs-rest"])
 def test_saturated_probabilities_take_the_general_path(nll):
     """A confidently wrong voxel (labelled class 200 below the others: p_t < 1e-30) has no fused NLL."""

@@ -83,7 +83,8 @@ def focal_nll_mean(batch: PreparedBatch, fg_weight: float | Tensor = 1.0, bg_wei
     formula averaged."""
     if batch.hard and not batch.region_based:
         spec = categorical_nll(batch.logits.shape[1], fg_weight, bg_weight, fg_gamma, bg_gamma, class_weights)
-        terms = softmax_label_terms(batch.logits, batch.onehot, batch.mask, 0, None, spec)
+        # from the label map (labels == c, class by class) unless the one-hot map was built already
+        terms = softmax_label_terms(batch.logits, batch.dense_target, batch.mask, 0, None, spec, labels=batch.labels)
         if terms is not None:
             return terms.nll
     focal = {"fg_weight": fg_weight, "bg_weight": bg_weight, "fg_gamma": fg_gamma, "bg_gamma": bg_gamma}
