@@ -716,13 +716,24 @@ def lovasz_grad(fg_sorted: Tensor) -> Tensor:
     return j - jaccard[..., :-1]
 
 
-#: error maps of :func:`lovasz_extension`: Lovász-softmax's ``|y - p|`` is ``abs`` of ``p - y``, the hinge's
-#: ``max(0, 1 - x s)`` is ``relu`` of ``1 - x s``
-LOVASZ_ERROR_MAPS = {"identity": lambda v: v, "abs": torch.abs, "relu": torch.relu}
+def hinge_margin(logits: Tensor, fg: Tensor) -> Tensor:
+    r"""Margin :math:`1 - x s` of the Lovász-hinge, :math:`s = 2y - 1`, written :math:`x (1 - 2y) + 1`: the same
+    value (exact for 0/1 targets) without a negation in backward."""
+    return logits * torch.sub(1, fg, alpha=2) + 1
+
+
+#: error maps of :func:`lovasz_extension`, ``errors = map(values, fg)``: Lovász-softmax's ``|y - p|`` is ``abs`` of
+#: ``p - y``, the hinge's ``max(0, 1 - x s)`` is ``hinge`` of the logits (or ``relu`` of :func:`hinge_margin`)
+LOVASZ_ERROR_MAPS = {
+    "identity": lambda v, fg: v,
+    "abs": lambda v, fg: torch.abs(v),
+    "relu": lambda v, fg: torch.relu(v),
+    "hinge": lambda v, fg: torch.relu(hinge_margin(v, fg)),
+}
 
 
 def lovasz_extension(values: Tensor, fg: Tensor, error_map: str = "identity") -> Tensor:
-    r"""Lovász extension of the Jaccard loss of the errors ``m = error_map(values)``, one value per row of
+    r"""Lovász extension of the Jaccard loss of the errors ``m = error_map(values, fg)``, one value per row of
     ``(..., N)`` (shape ``values.shape[:-1]``).
 
     .. math:: \bar\Delta_J(m) = \sum_k m_{\pi(k)}\, g_k(\pi)
@@ -739,7 +750,7 @@ def lovasz_extension(values: Tensor, fg: Tensor, error_map: str = "identity") ->
         raise ValueError(f"error_map must be one of {sorted(LOVASZ_ERROR_MAPS)}, got {error_map!r}")
     if _cpu_fast_path(values, fg):
         return _CpuLovaszExtension.apply(values, fg, error_map)
-    return lovasz_extension_autograd(LOVASZ_ERROR_MAPS[error_map](values), fg)
+    return lovasz_extension_autograd(LOVASZ_ERROR_MAPS[error_map](values, fg), fg)
 
 
 def lovasz_extension_autograd(errors: Tensor, fg: Tensor) -> Tensor:
@@ -764,11 +775,12 @@ class _CpuLovaszExtension(torch.autograd.Function):
     The value is linear in the errors for a fixed order, :math:`\bar\Delta_J = \sum_k m_{\pi(k)} g_k`, so its
     gradient w.r.t. :math:`m_i` is :math:`g_k` at the sorted position :math:`k = \pi^{-1}(i)` of voxel :math:`i`
     -- what autograd gets by scattering :math:`g` back through :math:`\pi` -- and w.r.t. the value :math:`v_i`
-    it is that times the error map's derivative: 1, :math:`\operatorname{sign}(v_i)` (0 at 0, as torch's ``abs``)
-    or :math:`[v_i > 0]` (``relu``). :func:`nnunet_losses.lovasz_cpu.extension_and_gradient` writes it there during
+    it is that times the error map's derivative: 1, :math:`\operatorname{sign}(v_i)` (0 at 0, as torch's ``abs``),
+    :math:`[v_i > 0]` (``relu``) or :math:`[h_i > 0](1 - 2y_i)` (``hinge``, :math:`h` = :func:`hinge_margin`). :func:`nnunet_losses.lovasz_cpu.extension_and_gradient` writes it there during
     the forward pass, so backward is ``grad_output * grad``; the saved ``(..., N)`` gradient replaces the int64
     permutation and the error map's input autograd would keep. The value is summed in float64 (autograd's path
-    sums float32 products): equal to rounding.
+    sums float32 products): equal to rounding; the gradient is the same bits (``hinge`` with a soft target: to
+    rounding, as ``g (1 - 2y)`` is rounded before ``grad_output`` multiplies it).
     """
 
     @staticmethod

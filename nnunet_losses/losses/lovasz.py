@@ -41,9 +41,11 @@ class LovaszLoss(SegmentationLoss):
     def compute(self, batch: PreparedBatch) -> Tensor:
         c0 = batch.first_channel(self.do_bg)
         fg = batch.onehot[:, c0:]
-        # the error maps' inputs; lovasz_extension applies abs / relu (inside its one pass on CPU)
-        if batch.region_based:  # relu(1 - x * s), s = 2y - 1; relu before sorting: same order, Berman's value
-            values, error_map = batch.logits * torch.sub(1, fg, alpha=2) + 1, "relu"  # x(1 - 2y) = -(x s), exactly
+        # the error maps' inputs; lovasz_extension applies the map (inside its one pass on CPU)
+        if batch.region_based and batch.mask is None:  # relu(1 - x s), s = 2y - 1, from the logits
+            values, error_map = batch.logits, "hinge"
+        elif batch.region_based:  # the margin is masked below, so the relu comes after it
+            values, error_map = Fn.hinge_margin(batch.logits, fg), "relu"
         else:  # |y - p| = |p - y|
             values, error_map = batch.probs[:, c0:] - fg, "abs"
         if batch.mask is not None:  # ignored voxels: error 0 and no foreground -> sorted last, contribute nothing
