@@ -15,14 +15,17 @@ numbers back to the logits in one pass (:class:`_SoftmaxLabelTerms`). The losses
 with ordinary autograd, so every formula still lives in one place (functional.py); this is its gradient written
 out. Derivation, for incoming gradients ``g_tp, g_fp, g_fn`` (shape ``(B, K)``) and ``G`` (the NLL mean):
 
-* statistics, per element of channel ``c >= c0``, ``T_c = dL/dp_c = m (y g_tp + (1-y) g_fp)  - y g_fn m`` for
+* statistics, per element of channel ``c >= c0``, ``T_c = dL/dp_c = m (y (g_tp - g_fn) + (1-y) g_fp)`` for
   gamma = 1; for gamma > 1 with ``q = |y - p|``: ``T_c = m (y g_tp + gamma q^(gamma-1) ((1-y) g_fp - y g_fn))``.
   Through the softmax: ``dx_k = p_k (T_k - sum_{j >= c0} p_j T_j)`` (``T_k = 0`` for ``k < c0``);
 * categorical NLL: ``dx = D (y - p) G m / N`` (``D`` of :func:`~nnunet_losses.functional.hard_categorical_focal_terms`);
 * one-vs-rest NLL: :func:`~nnunet_losses.functional.one_vs_rest_grad` with ``a = -w G m / (N K)``;
 
 ``N`` the number of valid voxels. The sum of the parts is the gradient. Label maps only: ``onehot`` and ``mask``
-hold 0 and 1 (soft targets take the general path). Differentiable once (double backward raises).
+hold 0 and 1 (soft targets take the general path). Differentiable once (double backward raises). Few
+logits-sized buffers are kept or made (here memory is time: see README "Performance"): sums are formed one class
+at a time, DSC++'s ``2(y - p)`` and the one-vs-rest ``1 - p_c`` are recomputed in backward, and the categorical
+NLL alone writes its gradient over the saved softmax.
 """
 from __future__ import annotations
 
@@ -70,9 +73,9 @@ def softmax_label_terms(logits: Tensor, onehot: Optional[Tensor], mask: Optional
     ``onehot`` is the one-hot label map ``(B, C, *spatial)`` (0/1, logits' dtype), ``mask`` ``(B, 1, *spatial)``
     0/1 or None. The categorical NLL alone may be given the label map ``labels`` ``(B, 1, *spatial)`` (ignored
     voxels 0) instead of ``onehot`` (None): it then reads one class at a time (``labels == c``) and the
-    ``(B, C, ...)`` one-hot map is never built. Returns None where the general path must be taken: ``gamma < 1`` (its power needs
-    :func:`~nnunet_losses.functional.safe_pow`'s linear piece), or a probability the NLL takes the logarithm of
-    is below :data:`MIN_PROBABILITY`.
+    ``(B, C, ...)`` one-hot map is never built. Returns None where the general path must be taken: ``gamma < 1``
+    (its power needs :func:`~nnunet_losses.functional.safe_pow`'s linear piece), or a probability the NLL takes
+    the logarithm of is below :data:`MIN_PROBABILITY` at a valid voxel (ignored voxels count with probability 1).
     """
     if gamma is not None and gamma < 1:
         return None
