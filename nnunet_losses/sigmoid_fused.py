@@ -78,6 +78,8 @@ def sigmoid_hard_terms(logits: Tensor, y: Tensor, mask: Optional[Tensor], stats_
         if gammas is not None:
             # z = s x with s = 2y - 1 = +-1 (exact); s itself is not kept: backward folds it into the side weights
             z = torch.mul(y, 2).sub_(1).mul_(logits)
+            if mask is not None:  # ignored voxels (read through the mask only) at z = 0: no saturation there
+                z.mul_(mask)
             u = None if bce else torch.neg(z).sigmoid_()  # u = 1 - q = sigmoid(-z), exact where q rounds to 1
             q = z.sigmoid_()
             if bool(q.amin() < _Q_MIN):  # amin: one reduction, no bool map

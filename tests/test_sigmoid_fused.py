@@ -123,6 +123,20 @@ def test_confidently_wrong_voxels_take_the_general_path(focal):
         sigmoid_hard_terms(x, y, None, 3.0, None)
 
 
+@pytest.mark.parametrize("gamma,focal", [(1.0, "bce"), (None, "focal2"), (2.0, "asymmetric")])
+def test_confidently_wrong_ignored_voxels_keep_the_fused_path(gamma, focal):
+    """Ignored voxels do not count: a logit 500 on the wrong side there does not send the batch to the general
+    path, and the numbers are the general formula's."""
+    x, y, mask = _case(torch.float32, True, seed=9)
+    ignored = (mask[:, 0] == 0).nonzero()[0]
+    x[ignored[0], :, ignored[1], ignored[2], ignored[3]] = -500 * (2 * y[ignored[0], :, ignored[1], ignored[2],
+                                                                         ignored[3]] - 1)
+    fused, g_fused = _values_and_grads(_fused, x, y, mask, gamma, FOCALS[focal], True)
+    general, g_general = _values_and_grads(_general, x, y, mask, gamma, FOCALS[focal], True)
+    for a, b in zip(fused + [g_fused], general + [g_general]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
 @pytest.mark.parametrize("gamma,focal,split", [(1.0, "bce", False), (2.0, "asymmetric", True), (None, "focal2", True),
                                                (2.0, "none", True), (1.0, "mixed", False), (None, "half", False)])
 @pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
