@@ -107,7 +107,8 @@ class _SigmoidHardTerms(torch.autograd.Function):
         tp, fp, fn, l_pos, l_neg = (logits.new_zeros(()) for _ in range(5))  # parts not asked for
         free = []  # full-size buffers of ours that nothing reads any more
         r = slope_p = None
-        if stats_gamma is not None and p is None:  # focal exponents: the statistics from q and u
+        sides = stats_gamma is not None and p is None  # focal exponents: the statistics from q and u
+        if sides:
             (tp, fp, fn), slope_p = _stats_from_sides(y, ym, mask, side, stats_gamma, free, axes, acc)
         elif stats_gamma == 1:
             work = torch.mul(p, ym)
@@ -130,7 +131,7 @@ class _SigmoidHardTerms(torch.autograd.Function):
         g_map = None
         if focal_gammas is not None:
             values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free,
-                                                    keep_u=slope_p is not None)
+                                                    keep_u=sides and stats_gamma == 2)
             if mask is not None:
                 values.mul_(mask)
             if split:  # (1 - y) m F log q as m F log q - y m F log q, in place: exact for y in {0, 1}
@@ -146,7 +147,7 @@ class _SigmoidHardTerms(torch.autograd.Function):
         ctx.save_for_backward(y, mask)
         # p (1 - p) through sigmoid_backward of p, or as the product q u of the statistics from the sides
         ctx.maps = (p if stats_gamma is not None else None, r, g_map, slope_p,
-                    side[1] if slope_p is not None else None)
+                    side[1] if sides and stats_gamma == 2 else None)  # u: the DSC++ gradient and p (1 - p)
         ctx.spare = free[-2:]  # buffers backward may write its result into (its first call only)
         return tp, fp, fn, l_pos, l_neg
 
@@ -168,6 +169,8 @@ class _SigmoidHardTerms(torch.autograd.Function):
             grad.mul_(u).addcmul_(y, g_tp.view(shape))
         if grad is not None and slope_p is not None:  # times dp/dx = p (1 - p) = q u
             grad.mul_(slope_p)
+        elif grad is not None and u is not None:  # p (1 - p) = u (1 - u), as the general formula rounds it
+            torch.ops.aten.sigmoid_backward.grad_input(grad, u, grad_input=grad)
         elif grad is not None:  # times dp/dx = p (1 - p), in place; with r = y - p, p (1 - p) = |r| (1 - |r|)
             p = p if p is not None else torch.abs(r, out=_pop(spare))
             torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
@@ -245,29 +248,27 @@ def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Opt
 
 
 def _stats_from_sides(y: Tensor, ym: Tensor, mask: Optional[Tensor], side, gamma: float, free: list, axes, acc
-                      ) -> Tuple[Tuple[Tensor, Tensor, Tensor], Tensor]:
+                      ) -> Tuple[Tuple[Tensor, Tensor, Tensor], Optional[Tensor]]:
     """(TP, FP, FN) of :func:`~nnunet_losses.functional.overlap_stats` from ``q = sigmoid(z)`` and
-    ``u = sigmoid(-z)`` (``p = q`` where ``y = 1``; ``p = u`` and ``1 - p = q`` where ``y = 0``), and the map
-    ``p (1 - p) = q u`` for backward: no sigmoid of their own. The FP and FN terms are ``u (1 - y)`` and
-    ``y - TP`` (gamma 1), ``u^2 (1 - y)`` and ``u^2 y`` (gamma 2): the exact sigmoid where the general formula
-    rounds ``1 - p``."""
+    ``u = sigmoid(-z)`` (``p = q`` where ``y = 1``; ``p = u`` and ``1 - p = q`` where ``y = 0``): no sigmoid
+    of their own. The FP and FN terms are ``u (1 - y)`` and ``y - TP`` (gamma 1), ``u^2 (1 - y)`` and ``u^2 y``
+    (gamma 2): the exact sigmoid where the general formula rounds ``1 - p``. Also returns, for gamma 1, the map
+    ``p (1 - p) = q u`` for backward (gamma 2 keeps ``u`` for its gradient, and takes ``u (1 - u)``)."""
     q, u = side
     work = q * ym
     tp = work.sum(axes, dtype=acc)
     if gamma == 1:
-        fp_map = torch.addcmul(u, u, y, value=-1, out=work)  # u (1 - y), exact
         fn = ym.sum(axes, dtype=acc) - tp
-    else:
-        fp_map = torch.mul(u, u, out=work)
-        fn_map = fp_map * ym
-        fn = fn_map.sum(axes, dtype=acc)
-        fp_map.sub_(fn_map)
-        free.append(fn_map)
+    else:  # (u y m)^2 = u^2 y m exactly for y, m in {0, 1}
+        fn = torch.mul(u, ym, out=work).square_().sum(axes, dtype=acc)
+    fp_map = torch.addcmul(u, u, y, value=-1, out=work)  # u (1 - y), exact
     if mask is not None:
         fp_map.mul_(mask)
+    if gamma == 2:
+        fp_map.square_()
     fp = fp_map.sum(axes, dtype=acc)
     free.append(fp_map)
-    return (tp, fp, fn), q * u
+    return (tp, fp, fn), (q * u if gamma == 1 else None)  # gamma 2: backward reads u anyway
 
 
 def _power(u: Tensor, gamma: float, free: list, in_place: bool = False) -> float | Tensor:
