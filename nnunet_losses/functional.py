@@ -722,25 +722,28 @@ def hinge_margin(logits: Tensor, fg: Tensor) -> Tensor:
     return logits * torch.sub(1, fg, alpha=2) + 1
 
 
-#: error maps of :func:`lovasz_extension`, ``errors = map(values, fg)``: Lovász-softmax's ``|y - p|`` is ``abs`` of
-#: ``p - y``, the hinge's ``max(0, 1 - x s)`` is ``hinge`` of the logits (or ``relu`` of :func:`hinge_margin`)
+#: error maps of :func:`lovasz_extension`, ``errors = map(values, fg)``: Lovász-softmax's ``|y - p|`` is ``abs_diff``
+#: of the probabilities (or ``abs`` of ``p - y``), the hinge's ``max(0, 1 - x s)`` is ``hinge`` of the logits (or
+#: ``relu`` of :func:`hinge_margin`)
 LOVASZ_ERROR_MAPS = {
     "identity": lambda v, fg: v,
     "abs": lambda v, fg: torch.abs(v),
+    "abs_diff": lambda v, fg: torch.abs(v - fg),
     "relu": lambda v, fg: torch.relu(v),
     "hinge": lambda v, fg: torch.relu(hinge_margin(v, fg)),
 }
 
 
-def lovasz_extension(values: Tensor, fg: Tensor, error_map: str = "identity") -> Tensor:
+def lovasz_extension(values: Tensor, fg: Tensor, error_map: str = "identity", first_channel: int = 0) -> Tensor:
     r"""Lovász extension of the Jaccard loss of the errors ``m = error_map(values, fg)``, one value per row of
-    ``(..., N)`` (shape ``values.shape[:-1]``).
+    ``(..., N)`` (shape ``values.shape[:-1]``); with ``first_channel > 0`` only the rows of channels
+    ``first_channel..C-1`` of ``(..., C, N)`` (shape ``(..., C - first_channel)``).
 
     .. math:: \bar\Delta_J(m) = \sum_k m_{\pi(k)}\, g_k(\pi)
 
     with :math:`\pi` sorting the errors decreasingly (ties in voxel order) and :math:`g` from :func:`lovasz_grad`.
-    ``error_map`` is one of :data:`LOVASZ_ERROR_MAPS`; passing the map instead of the errors lets the CPU path
-    apply it (and its derivative) inside its one pass. Ignored voxels must have error 0 and ``fg = 0``: they sort
+    ``error_map`` is one of :data:`LOVASZ_ERROR_MAPS`; passing the map (and the whole channel axis) instead of the
+    errors lets the CPU path apply it (and its derivative) inside its one pass, without full-size temporaries. Ignored voxels must have error 0 and ``fg = 0``: they sort
     after every positive error and add nothing. ``fg`` (a constant) may be a strided view.
 
     On CPU this is :class:`_CpuLovaszExtension` (a compiled sort-and-accumulate pass, the same value to rounding
@@ -748,8 +751,11 @@ def lovasz_extension(values: Tensor, fg: Tensor, error_map: str = "identity") ->
     """
     if error_map not in LOVASZ_ERROR_MAPS:
         raise ValueError(f"error_map must be one of {sorted(LOVASZ_ERROR_MAPS)}, got {error_map!r}")
+    if first_channel and values.ndim < 2:
+        raise ValueError(f"first_channel={first_channel} needs values of shape (..., C, N), got {tuple(values.shape)}")
     if _cpu_fast_path(values, fg):
-        return _CpuLovaszExtension.apply(values, fg, error_map)
+        return _CpuLovaszExtension.apply(values, fg, error_map, first_channel)
+    values, fg = values[..., first_channel:, :], fg[..., first_channel:, :]
     return lovasz_extension_autograd(LOVASZ_ERROR_MAPS[error_map](values, fg), fg)
 
 
@@ -775,7 +781,8 @@ class _CpuLovaszExtension(torch.autograd.Function):
     The value is linear in the errors for a fixed order, :math:`\bar\Delta_J = \sum_k m_{\pi(k)} g_k`, so its
     gradient w.r.t. :math:`m_i` is :math:`g_k` at the sorted position :math:`k = \pi^{-1}(i)` of voxel :math:`i`
     -- what autograd gets by scattering :math:`g` back through :math:`\pi` -- and w.r.t. the value :math:`v_i`
-    it is that times the error map's derivative: 1, :math:`\operatorname{sign}(v_i)` (0 at 0, as torch's ``abs``),
+    it is that times the error map's derivative: 1, :math:`\operatorname{sign}(v_i)` (0 at 0, as torch's ``abs``;
+    ``abs_diff``: :math:`\operatorname{sign}(v_i - y_i)`),
     :math:`[v_i > 0]` (``relu``) or :math:`[h_i > 0](1 - 2y_i)` (``hinge``, :math:`h` = :func:`hinge_margin`). :func:`nnunet_losses.lovasz_cpu.extension_and_gradient` writes it there during
     the forward pass, so backward is ``grad_output * grad``; the saved ``(..., N)`` gradient replaces the int64
     permutation and the error map's input autograd would keep. The value is summed in float64 (autograd's path
@@ -784,17 +791,20 @@ class _CpuLovaszExtension(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values: Tensor, fg: Tensor, error_map: str) -> Tensor:
+    def forward(ctx, values: Tensor, fg: Tensor, error_map: str, first_channel: int) -> Tensor:
         from nnunet_losses.lovasz_cpu import MODES, extension_and_gradient
-        out, grad = extension_and_gradient(values, fg, MODES[error_map])
+        out, grad = extension_and_gradient(values, fg, MODES[error_map], first_channel)
         ctx.save_for_backward(grad)
+        ctx.first_channel = first_channel
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_out.unsqueeze(-1), None, None
+        if ctx.first_channel:  # the channels before it got no loss: gradient 0 (grad holds 0 there)
+            grad_out = F.pad(grad_out, (ctx.first_channel, 0))
+        return grad * grad_out.unsqueeze(-1), None, None, None
 
 
 def sort_order_descending(values: Tensor) -> Tensor:

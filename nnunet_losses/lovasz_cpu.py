@@ -12,8 +12,11 @@ that is the whole Jacobian of the value w.r.t. the inputs, so backward is a prod
 
 Error maps (``mode``): ``IDENTITY`` (the values are the errors, non-negative), ``ABS`` (``|d|``, Lovász-softmax's
 ``|y - p|``; derivative ``sign(d)``, 0 at 0 as torch's ``abs``), ``RELU`` (``max(h, 0)``; derivative ``[h > 0]``
-as torch's ``relu``) and ``HINGE`` (Lovász-hinge on the logits ``x``: ``max(0, x (1 - 2y) + 1)``, the operations of
-:func:`~nnunet_losses.functional.hinge_margin`; derivative ``[h > 0] (1 - 2y)``).
+as torch's ``relu``), ``HINGE`` (Lovász-hinge on the logits ``x``: ``max(0, x (1 - 2y) + 1)``, the operations of
+:func:`~nnunet_losses.functional.hinge_margin`; derivative ``[h > 0] (1 - 2y)``) and ``ABS_DIFF`` (Lovász-softmax on
+the probabilities: ``|p - y|``, derivative ``sign(p - y)``). The last two compute their input here, so that no
+full-size tensor of it is made, and in ``ABS_DIFF`` the channels before ``first`` (nnU-Net's background) are
+skipped without slicing the probabilities (whose slice backward would allocate and fill their whole gradient).
 
 Rows of float64 (tests, gradcheck), rows holding a negative error (``IDENTITY`` only; never a Lovász error) and
 rows of ``MAX_ROW`` voxels or more take :func:`_extension_row_ordered` on ``torch.sort``'s order instead.
@@ -25,11 +28,13 @@ from typing import Tuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 import torch
 from torch import Tensor
 
-IDENTITY, ABS, RELU, HINGE = 0, 1, 2, 3
-MODES = {"identity": IDENTITY, "abs": ABS, "relu": RELU, "hinge": HINGE}
+IDENTITY, ABS, RELU, HINGE, ABS_DIFF = 0, 1, 2, 3, 4
+MODES = {"identity": IDENTITY, "abs": ABS, "relu": RELU, "hinge": HINGE, "abs_diff": ABS_DIFF}
 
 #: the radix sort: one MSD pass on key bits 20..30 (exponent and top mantissa bits: ~8 buckets per octave of
 #: errors), then each bucket -- small enough to stay in cache -- by two stable LSD passes on key bits 0..19; ~1.5x
@@ -45,6 +50,22 @@ _INDEX_SHIFT = 2
 MAX_ROW = 1 << (_KEY_SHIFT - _INDEX_SHIFT)
 _MAGNITUDE = 0x7FFFFFFF  # float32 bits without the sign; also the largest key (error 0)
 _INF_BITS = 0x7F800000  # above it: NaN
+
+
+@intrinsic
+def _bits_of(typingctx, x):  # pragma: no cover - compiled
+    """The IEEE bits of a float32 as uint32 (a register bitcast; a round trip through memory cost ~10%)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _float_of(typingctx, x):  # pragma: no cover - compiled
+    """The float32 of IEEE bits held in a uint32 (a register bitcast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.uint32), codegen
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -109,8 +130,6 @@ def _fill_words(values, fg, mode, words, top_counts):  # pragma: no cover - comp
     n = values.shape[0]
     real = values.dtype.type  # float32
     bits = values.view(np.uint32)
-    margin = np.empty(1, np.float32)
-    margin_bits = margin.view(np.uint32)  # HINGE: the bits of the margin computed here
     n_soft = 0
     count = 0
     n_negative = 0
@@ -120,13 +139,14 @@ def _fill_words(values, fg, mode, words, top_counts):  # pragma: no cover - comp
     for i in range(n):
         f = fg[i]
         if mode == HINGE:  # loop-invariant: predicted
-            margin[0] = values[i] * (real(1) - real(2) * f) + real(1)
-            b = np.int64(margin_bits[0])
+            b = np.int64(_bits_of(values[i] * (real(1) - real(2) * f) + real(1)))
+        elif mode == ABS_DIFF:
+            b = np.int64(_bits_of(values[i] - f))
         else:
             b = np.int64(bits[i])
         magnitude = b & _MAGNITUDE
         negative = b >> 31
-        if mode != ABS:
+        if mode != ABS and mode != ABS_DIFF:
             negative_number = negative & np.int64(magnitude > 0) & np.int64(magnitude <= _INF_BITS)
             n_negative += negative_number
             magnitude *= 1 - negative_number  # RELU, HINGE: max(h, 0); IDENTITY: only read if there is none
@@ -194,9 +214,7 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
     (0 for the errors 0 after the ``kept`` sorted words)."""
     real = grad.dtype.type  # float32
     gts = real(_sorted_foreground_sum(fg, words, kept) if soft else count)
-    bits = np.empty(1, np.uint32)
-    error = bits.view(np.float32)  # error[0] reads bits[0] as a float: the error from its key
-    sign_weight = 2 if mode == ABS else 0  # ABS: derivative -1 where the value was negative
+    sign_weight = 2 if mode == ABS or mode == ABS_DIFF else 0  # derivative -1 where the difference was negative
     zero_weight = 0 if mode == IDENTITY else 1  # ABS, RELU, HINGE: derivative 0 at error 0
     cumulative = 0.0
     previous = real(0)
@@ -207,8 +225,7 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
         cumulative += fg[i] if soft else w & 1
         previous, g = _jaccard_step(real, gts, real(cumulative), k, previous)
         magnitude = _MAGNITUDE - (w >> _KEY_SHIFT)
-        bits[0] = magnitude
-        value += np.float64(error[0]) * np.float64(g)
+        value += np.float64(_float_of(np.uint32(magnitude))) * np.float64(g)  # the error from its key
         # the map's derivative, +-1 or 0, without a branch on the (random) sign; g * -1 = -g and g * 0 = +-0 exactly
         derivative = (1 - sign_weight * ((w >> 1) & 1)) * (zero_weight * (magnitude != 0) + 1 - zero_weight)
         if mode == HINGE:  # times the margin's slope 1 - 2y (+-1 for a hard target)
@@ -239,13 +256,15 @@ def _extension_row_ordered(values, fg, order, mode, grad):  # pragma: no cover -
         slope = real(1) - real(2) * fg[i]
         if mode == HINGE:
             v = v * slope + real(1)
-        error = abs(v) if mode == ABS else (max(v, real(0)) if mode == RELU or mode == HINGE else v)
+        elif mode == ABS_DIFF:
+            v = v - fg[i]
+        error = abs(v) if mode == ABS or mode == ABS_DIFF else (max(v, real(0)) if mode == RELU or mode == HINGE else v)
         value += np.float64(error) * np.float64(g)
         if mode == IDENTITY or (mode == RELU and v > 0):
             grad[i] = g
         elif mode == HINGE and v > 0:
             grad[i] = g * slope
-        elif mode == ABS and v != 0:
+        elif (mode == ABS or mode == ABS_DIFF) and v != 0:
             grad[i] = g if v > 0 else -g
         else:
             grad[i] = 0
@@ -253,27 +272,27 @@ def _extension_row_ordered(values, fg, order, mode, grad):  # pragma: no cover -
 
 
 @numba.njit(nogil=True, cache=True)
-def _extension_rows_radix(values, fg, mode, grad, out, sorted_ok):  # pragma: no cover - compiled
-    """Every float32 row of ``(S, K, N)`` on its radix order; rows holding a negative error are left
-    (``sorted_ok``) to the caller. 3-D so that ``fg`` can be a channel slice ``(B, K, N)`` of the one-hot target
-    without a copy."""
+def _extension_rows_radix(values, fg, mode, first, grad, out, sorted_ok):  # pragma: no cover - compiled
+    """Every float32 row ``(s, k)``, ``k >= first``, of ``(S, C, N)`` on its radix order, into ``out[s, k - first]``;
+    rows holding a negative error are left (``sorted_ok``) to the caller. 3-D so that the one-hot target and the
+    probabilities are read as they are, channels and all."""
     n = values.shape[2]
     words = np.empty(n, np.int64)
     scratch = np.empty(n, np.int64)
     for s in range(values.shape[0]):
-        for k in range(values.shape[1]):
+        for k in range(first, values.shape[1]):
             ok, soft, count, kept, ordered = _sorted_words(values[s, k], fg[s, k], mode, words, scratch)
-            sorted_ok[s, k] = ok
+            sorted_ok[s, k - first] = ok
             if ok:
-                out[s, k] = _extension_row_words(ordered, kept, fg[s, k], soft, count, mode, grad[s, k])
+                out[s, k - first] = _extension_row_words(ordered, kept, fg[s, k], soft, count, mode, grad[s, k])
 
 
 @numba.njit(nogil=True, cache=True)
-def _extension_rows_ordered(values, fg, mode, rows, orders, grad, out):  # pragma: no cover - compiled
-    """Rows ``rows[j] = (s, k)`` of ``(S, K, N)`` on the given permutations ``orders[j]``."""
+def _extension_rows_ordered(values, fg, mode, first, rows, orders, grad, out):  # pragma: no cover - compiled
+    """Rows ``(s, k) = (rows[j, 0], first + rows[j, 1])`` of ``(S, C, N)`` on the given permutations ``orders[j]``."""
     for j in range(rows.shape[0]):
-        s, k = rows[j, 0], rows[j, 1]
-        out[s, k] = _extension_row_ordered(values[s, k], fg[s, k], orders[j], mode, grad[s, k])
+        s, k = rows[j, 0], first + rows[j, 1]
+        out[s, k - first] = _extension_row_ordered(values[s, k], fg[s, k], orders[j], mode, grad[s, k])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -306,43 +325,56 @@ def sort_order_rows(values: Tensor) -> Tensor:
     return orders
 
 
-def _in_threads(rows_kernel, values, fg, mode, grad, out, sorted_ok) -> None:
-    """``rows_kernel`` on all rows, one row per task on ``torch.get_num_threads()`` threads (the kernels release
-    the GIL), as torch's own CPU ops would use them; one call on the calling thread when that is 1."""
+def _in_threads(values, fg, mode, first, grad, out, sorted_ok) -> None:
+    """:func:`_extension_rows_radix` on all rows, one row per task on ``torch.get_num_threads()`` threads (the
+    kernels release the GIL), as torch's own CPU ops would use them; one call on the calling thread when that is 1."""
     n_threads = min(torch.get_num_threads(), out.size)
     if n_threads <= 1:
-        rows_kernel(values, fg, mode, grad, out, sorted_ok)
+        _extension_rows_radix(values, fg, mode, first, grad, out, sorted_ok)
         return
-    rows = [(slice(s, s + 1), slice(k, k + 1)) for s in range(out.shape[0]) for k in range(out.shape[1])]
     # a pool per call: ~0.1 ms, and no threads left behind in a process that nnU-Net's data loaders fork
     with ThreadPoolExecutor(n_threads) as pool:
-        tasks = [pool.submit(rows_kernel, values[r], fg[r], mode, grad[r], out[r], sorted_ok[r]) for r in rows]
+        tasks = []
+        for s in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                row, k, o = slice(s, s + 1), slice(first + j, first + j + 1), slice(j, j + 1)
+                tasks.append(pool.submit(_extension_rows_radix, values[row, k], fg[row, k], mode, 0, grad[row, k],
+                                         out[row, o], sorted_ok[row, o]))
         for task in tasks:
             task.result()
 
 
 def _rows(t: Tensor, n_channels: int) -> np.ndarray:
-    """``(S, K, N)`` numpy view of a ``(..., K, N)`` tensor (a copy only where torch cannot reshape to a view)."""
+    """``(S, C, N)`` numpy view of a ``(..., C, N)`` tensor (a copy only where torch cannot reshape to a view)."""
     return t.detach().reshape(-1, n_channels, t.shape[-1]).numpy()
 
 
-def extension_and_gradient(values: Tensor, fg: Tensor, mode: int) -> Tuple[Tensor, Tensor]:
-    """Lovász extension of the errors ``mode(values)`` of every row of CPU ``(..., N)`` values, ``N < MAX_ROW``, and
-    its gradient w.r.t. the values: shapes ``values.shape[:-1]`` and ``values.shape``."""
+def _torch_errors(values: Tensor, fg: Tensor, mode: int) -> Tensor:
+    """The errors of a mode, computed by torch in the same operations (for ``torch.sort``'s order)."""
+    if mode == HINGE:
+        return torch.relu(values * (1 - 2 * fg) + 1)
+    if mode == ABS_DIFF:
+        return torch.abs(values - fg)
+    return values.abs() if mode == ABS else (values.relu() if mode == RELU else values)
+
+
+def extension_and_gradient(values: Tensor, fg: Tensor, mode: int, first: int = 0) -> Tuple[Tensor, Tensor]:
+    """Lovász extension of the errors ``mode(values, fg)`` of the rows of CPU ``(..., C, N)`` values in channels
+    ``first..C-1`` (all rows of ``(..., N)`` when ``first = 0``), ``N < MAX_ROW``, and its gradient w.r.t. the
+    values: shapes ``(..., C - first)`` and ``values.shape`` (0 in the channels before ``first``)."""
     n_channels = values.shape[-2] if values.ndim >= 2 else 1
     v = _rows(values.contiguous(), n_channels)
     f = _rows(fg, n_channels)
     grad = np.empty_like(v)
-    out = np.empty(v.shape[:2], np.float64)
-    sorted_ok = np.zeros(v.shape[:2], np.bool_)
+    grad[:, :first] = 0
+    out = np.empty((v.shape[0], n_channels - first), np.float64)
+    sorted_ok = np.zeros(out.shape, np.bool_)
     if v.dtype == np.float32:
-        _in_threads(_extension_rows_radix, v, f, mode, grad, out, sorted_ok)
+        _in_threads(v, f, mode, first, grad, out, sorted_ok)
     left = np.argwhere(~sorted_ok)
     if len(left):
-        rows = torch.from_numpy(v[left[:, 0], left[:, 1]])
-        if mode == HINGE:
-            rows = rows * (1 - 2 * torch.from_numpy(f[left[:, 0], left[:, 1]])) + 1
-        errors = rows.abs() if mode == ABS else (rows.relu() if mode in (RELU, HINGE) else rows)
-        _extension_rows_ordered(v, f, mode, left, _torch_order(errors).numpy(), grad, out)
-    return (torch.from_numpy(out).to(values.dtype).view(values.shape[:-1]),
-            torch.from_numpy(grad).view(values.shape))
+        rows = (left[:, 0], first + left[:, 1])
+        errors = _torch_errors(torch.from_numpy(v[rows]), torch.from_numpy(np.ascontiguousarray(f[rows])), mode)
+        _extension_rows_ordered(v, f, mode, first, left, _torch_order(errors).numpy(), grad, out)
+    out_shape = values.shape[:-2] + (n_channels - first,) if values.ndim >= 2 else ()
+    return torch.from_numpy(out).to(values.dtype).view(out_shape), torch.from_numpy(grad).view(values.shape)

@@ -175,19 +175,21 @@ def test_cpu_lovasz_equals_the_autograd_path(dtype, region, soft, ignore, batch_
     x, y, ignore_label = _lovasz_case(dtype, region, soft, ignore, seed=region + 2 * soft + 4 * ignore)
     xs = [x, x[:, :, ::2, ::2, ::2]]
     ys = [y, y[:, :, ::2, ::2, ::2]]
-    loss = nnunet_losses.get_loss("lovasz", region_based=region, batch_dice=batch_dice, ignore_label=ignore_label,
-                                  deep_supervision_weights=(1.0, 0.5))
-    v_fast, g_fast = _loss_and_grad(loss, xs, ys)
-    monkeypatch.setattr(Fn, "_cpu_fast_path", lambda errors, fg: False)
-    v_slow, g_slow = _loss_and_grad(loss, xs, ys)
-    eps = torch.finfo(dtype).eps
-    assert torch.isfinite(v_fast) and float(v_fast) == pytest.approx(float(v_slow), rel=8 * eps, abs=8 * eps)
-    for a, b in zip(g_fast, g_slow):
-        assert torch.isfinite(a).all()
-        if region and soft:  # the hinge's slope 1 - 2y is multiplied into g before grad_output, not after
-            assert torch.allclose(a, b, rtol=4 * eps, atol=0)
-        else:
-            assert torch.equal(a, b)
+    for do_bg in (False,) if region else (False, True):
+        loss = nnunet_losses.get_loss("lovasz", region_based=region, batch_dice=batch_dice, do_bg=do_bg,
+                                      ignore_label=ignore_label, deep_supervision_weights=(1.0, 0.5))
+        with monkeypatch.context() as patch:
+            v_fast, g_fast = _loss_and_grad(loss, xs, ys)
+            patch.setattr(Fn, "_cpu_fast_path", lambda errors, fg: False)
+            v_slow, g_slow = _loss_and_grad(loss, xs, ys)
+        eps = torch.finfo(dtype).eps
+        assert torch.isfinite(v_fast) and float(v_fast) == pytest.approx(float(v_slow), rel=8 * eps, abs=8 * eps)
+        for a, b in zip(g_fast, g_slow):
+            assert torch.isfinite(a).all()
+            if region and soft:  # the hinge's slope 1 - 2y is multiplied into g before grad_output, not after
+                assert torch.allclose(a, b, rtol=4 * eps, atol=0)
+            else:
+                assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("soft", [False, True])
@@ -208,6 +210,28 @@ def test_cpu_lovasz_extension_gradcheck_and_once_differentiable(soft, error_map)
     (grad,) = torch.autograd.grad(Fn.lovasz_extension(values, fg, error_map).sum(), values, create_graph=True)
     with pytest.raises(RuntimeError):
         grad.sum().backward()
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_lovasz_extension_first_channel_and_abs_diff(soft):
+    """``abs_diff`` of the probabilities from channel 1 on (Lovász-softmax without background) is ``abs`` of the
+    sliced difference; the skipped channel gets gradient 0; ``gradcheck`` through the compiled pass."""
+    g = torch.Generator().manual_seed(8 + soft)
+    p = torch.rand(2, 3, 50, generator=g, dtype=torch.float64)
+    fg = torch.rand(2, 3, 50, generator=g, dtype=torch.float64)
+    fg = fg if soft else (fg > 0.6).to(torch.float64)
+    p.requires_grad_()
+    out = Fn.lovasz_extension(p, fg, "abs_diff", first_channel=1)
+    expected = Fn.lovasz_extension_autograd((p[:, 1:] - fg[:, 1:]).abs(), fg[:, 1:])
+    assert out.shape == (2, 2) and torch.allclose(out, expected, rtol=1e-14, atol=0)
+    (grad,) = torch.autograd.grad((out * torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)).sum(), p)
+    (grad_expected,) = torch.autograd.grad(
+        (expected * torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)).sum(), p)
+    assert torch.equal(grad, grad_expected) and not grad[:, 0].any()
+    assert torch.autograd.gradcheck(lambda v: Fn.lovasz_extension(v, fg, "abs_diff", first_channel=1), (p,),
+                                    eps=1e-7, atol=1e-8)
+    with pytest.raises(ValueError, match="first_channel"):
+        Fn.lovasz_extension(p[0, 0], fg[0, 0], "abs_diff", first_channel=1)
 
 
 def test_cpu_lovasz_rows_on_threads_equal_one_thread():

@@ -40,14 +40,14 @@ class LovaszLoss(SegmentationLoss):
 
     def compute(self, batch: PreparedBatch) -> Tensor:
         c0 = batch.first_channel(self.do_bg)
-        fg = batch.onehot[:, c0:]
-        # the error maps' inputs; lovasz_extension applies the map (inside its one pass on CPU)
-        if batch.region_based and batch.mask is None:  # relu(1 - x s), s = 2y - 1, from the logits
-            values, error_map = batch.logits, "hinge"
-        elif batch.region_based:  # the margin is masked below, so the relu comes after it
-            values, error_map = Fn.hinge_margin(batch.logits, fg), "relu"
+        fg = batch.onehot
+        # the error maps' inputs, every channel (lovasz_extension skips those before c0, and applies the map inside
+        # its one pass on CPU); with a mask the map's input is masked first, so the map comes after it
+        if batch.region_based:  # relu(1 - x s), s = 2y - 1, from the logits
+            values, error_map = ((batch.logits, "hinge") if batch.mask is None
+                                 else (Fn.hinge_margin(batch.logits, fg), "relu"))
         else:  # |y - p| = |p - y|
-            values, error_map = batch.probs[:, c0:] - fg, "abs"
+            values, error_map = (batch.probs, "abs_diff") if batch.mask is None else (batch.probs - fg, "abs")
         if batch.mask is not None:  # ignored voxels: error 0 and no foreground -> sorted last, contribute nothing
             values = values * batch.mask  # map(v) * mask = map(v * mask) exactly for both maps, as mask >= 0
             fg = fg * batch.mask
@@ -62,12 +62,12 @@ class LovaszLoss(SegmentationLoss):
             # one row per channel holding every voxel of the batch
             values = values.transpose(0, 1).reshape(n_channels, -1)
             fg = fg.transpose(0, 1).reshape(n_channels, -1)
-            losses = Fn.lovasz_extension(values, fg, error_map).view(1, n_channels)
+            losses = Fn.lovasz_extension(values, fg, error_map, c0).view(1, n_channels - c0)
         else:
-            losses = Fn.lovasz_extension(values, fg, error_map)  # (B, K) rows; fg read from its strided view
+            losses = Fn.lovasz_extension(values, fg, error_map, c0)  # (B, C - c0)
         if batch.region_based or not self.only_present:
             return losses.mean()
         # mean over present classes per image (0 for an image without any), then over images -- as Berman et al.
-        present = (fg.sum(-1) > 0).view(losses.shape).to(losses.dtype)
+        present = (fg[..., c0:, :].sum(-1) > 0).view(losses.shape).to(losses.dtype)
         per_image = (losses * present).sum(1) / present.sum(1).clamp_min(1)
         return per_image.mean()
