@@ -232,7 +232,7 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
     sign_weight = 2 if mode == ABS or mode == ABS_DIFF else 0  # derivative -1 where the difference was negative
     zero_weight = 0 if mode == IDENTITY else 1  # ABS, RELU, HINGE: derivative 0 at error 0
     cumulative = 0.0  # soft: float64, rounded to real, as torch's CPU cumsum
-    counted = 0  # hard: an integer count (a 1-cycle dependency chain instead of a float addition's 4)
+    counted = 0  # hard: an integer count (a 1-cycle dependency chain instead of a float addition's 4), exact
     previous = real(0)
     value = 0.0
     for k in range(kept):
@@ -240,16 +240,19 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
         i = (w & 0xFFFFFFFF) >> _INDEX_SHIFT
         if soft:  # loop-invariant: hoisted
             cumulative += fg[i]
+            rounded = real(cumulative)
         else:
             counted += w & 1
-            cumulative = counted
-        previous, g = _jaccard_step(real, gts, real(cumulative), k, previous)
+            rounded = real(counted)
+        previous, g = _jaccard_step(real, gts, rounded, k, previous)
         magnitude = _MAGNITUDE - (w >> _KEY_SHIFT)
         value += np.float64(_float_of(np.uint32(magnitude))) * np.float64(g)  # the error from its key
         # the map's derivative, +-1 or 0, without a branch on the (random) sign; g * -1 = -g and g * 0 = +-0 exactly
         derivative = (1 - sign_weight * ((w >> 1) & 1)) * (zero_weight * (magnitude != 0) + 1 - zero_weight)
-        if mode == HINGE:  # times the margin's slope 1 - 2y (+-1 for a hard target)
-            grad[i] = g * real(derivative) * (real(1) - real(2) * fg[i] if soft else real(1 - 2 * (w & 1)))
+        if mode == HINGE and soft:  # times the margin's slope 1 - 2y
+            grad[i] = g * real(derivative) * (real(1) - real(2) * fg[i])
+        elif mode == HINGE:  # the slope is +-1: one exact integer product
+            grad[i] = g * real(derivative * (1 - 2 * (w & 1)))
         else:
             grad[i] = g * real(derivative)
     for k in range(kept, words.shape[0]):
