@@ -172,11 +172,11 @@ def hard_categorical_focal_terms(indicator: Callable[[int], Tensor], p_t: Tensor
         u = torch.expm1(log_p_t).neg_()
         distinct = sorted(set(class_gammas))
         if len(distinct) == 1:
-            factor, derivative = _focal_factor_and_derivative(u, distinct[0])
+            factor, derivative = focal_factor_and_derivative(u, distinct[0])
         else:  # one focal factor per distinct gamma, kept where the class has it (exact: y is 0/1, one term each)
             factor = derivative = None
             for g in distinct:
-                f_g, d_g = _focal_factor_and_derivative(u, g)
+                f_g, d_g = focal_factor_and_derivative(u, g)
                 has_g = _sum_of_indicators(indicator, [c for c, gc in enumerate(class_gammas) if gc == g])
                 factor = _add_product(factor, has_g, f_g)
                 derivative = _add_product(derivative, has_g, d_g)
@@ -393,7 +393,7 @@ def binary_focal_nll_hard(logits: Tensor, y: Tensor, w_pos: float | Tensor = 1.0
     return _HardBinaryFocalNLL.apply(logits, y, w_pos, w_neg, float(gamma_pos), float(gamma_neg))
 
 
-def _focal_factor_and_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
+def focal_factor_and_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
     """``F = safe_pow(u, gamma)`` and ``F'(u)``, the derivative autograd takes through :func:`safe_pow`, for
     ``u >= 0`` without a graph (plain numbers for gamma 0), equal to them to rounding.
 
@@ -438,7 +438,7 @@ class _HardBinaryFocalNLL(torch.autograd.Function):
     .. math:: \frac{d\ell}{dx} = -s\, w\, \big(F(u)\, u - q \log q\; F'(u)\, u\big)
 
     (``gamma = 0``: ``-s w u``, the BCE gradient), ``F'`` being the derivative autograd takes through
-    :func:`safe_pow` (see :func:`_focal_factor_and_derivative`): the general formula's value and gradient to rounding.
+    :func:`safe_pow` (see :func:`focal_factor_and_derivative`): the general formula's value and gradient to rounding.
     """
 
     @staticmethod
@@ -448,9 +448,9 @@ class _HardBinaryFocalNLL(torch.autograd.Function):
         z = logits * sign
         log_q = F.logsigmoid(z)
         u = torch.sigmoid(z.neg_())  # 1 - q, exact where q rounds to 1
-        factor, slope = _focal_factor_and_derivative(u, gamma_pos)
+        factor, slope = focal_factor_and_derivative(u, gamma_pos)
         if gamma_neg != gamma_pos:
-            factor_neg, slope_neg = _focal_factor_and_derivative(u, gamma_neg)
+            factor_neg, slope_neg = focal_factor_and_derivative(u, gamma_neg)
             factor, slope = _blend(y, not_y, factor, factor_neg), _blend(y, not_y, slope, slope_neg)
         slope = u * slope if isinstance(slope, Tensor) or slope != 0 else 0.0  # F'(u) u
         w = _blend(y, not_y, _channel_weight(w_pos, y), _channel_weight(w_neg, y))  # per-channel weights broadcast

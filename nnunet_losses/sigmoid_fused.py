@@ -22,7 +22,7 @@ Gradient (derivation). With ``p = sigmoid(x)``, ``dp/dx = p (1 - p)``:
 * focal sums: with the side's sign ``s = 2y - 1``, ``z = s x``, ``q = sigmoid(z)``, ``u = 1 - q = sigmoid(-z)``,
   ``d log q / dz = u``, ``du/dz = -q u`` and the focal factor ``F = safe_pow(u, gamma)``:
   ``d(F log q)/dx = s u (F - q log q F'(u))`` =: ``G`` (``F'`` as autograd takes it through ``safe_pow``, see
-  :func:`~nnunet_losses.functional._focal_factor_and_derivative`); for ``gamma = 0``, ``G = s u = y - p``.
+  :func:`~nnunet_losses.functional.focal_factor_and_derivative`); for ``gamma = 0``, ``G = s u = y - p``.
   So ``dL/dx = m G (g_L- + y (g_L+ - g_L-))``.
 
 The logits' gradient is ``p (1 - p) dL/dp + (focal part)``: a handful of elementwise passes, against the dozen
@@ -35,6 +35,10 @@ general formula. Where ``q`` rounds near 1 the focal path corrects ``log q`` by 
 ``q - 1 + u``; the BCE (gamma 0, no ``u``) keeps ``log`` of the rounded ``q``: its value is exact to
 ``2^-24`` absolute per element (the gradient, ``y - p``, is torch's own).
 Differentiable once (double backward raises).
+
+Asymmetric focal exponents (foreground 0, background ``gamma > 0``: Unified Focal) take their own pass,
+:mod:`nnunet_losses.sigmoid_asymmetric` (about half the elementwise passes: no focal factor on the foreground
+side, one exponential for ``q``, ``u`` and ``log q``); the same numbers.
 """
 from __future__ import annotations
 
@@ -44,7 +48,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nnunet_losses.functional import POW_EPS
+from nnunet_losses.functional import POW_EPS, focal_factor_and_derivative
+from nnunet_losses.sigmoid_asymmetric import asymmetric_terms, negated_side_logits, power_in_place
 
 #: Below this side probability ``q`` the focal sums take the general formula (see the module docstring).
 _Q_MIN = 1e-30
@@ -70,6 +75,17 @@ def sigmoid_hard_terms(logits: Tensor, y: Tensor, mask: Optional[Tensor], stats_
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     gammas = None if focal_gammas is None else (float(focal_gammas[0]), float(focal_gammas[1]))
     bce = gammas == (0.0, 0.0)
+    if gammas is not None and gammas[0] == 0 < gammas[1] and logits.dtype in (torch.float32, torch.float64):
+        # asymmetric focal (Unified Focal): no factor on the foreground side, its own pass (half the work);
+        # float32/64 only, as exp(-z) overflows float16 at |z| ~ 11
+        with torch.no_grad():
+            n = negated_side_logits(logits, y, mask)
+        terms = asymmetric_terms(n, logits, y, mask, None if stats_gamma is None else float(stats_gamma),
+                                 gammas[1], acc)
+        if terms is None:
+            return None
+        stats = tuple(terms[:3]) if stats_gamma is not None else None
+        return stats, ((terms[3], terms[4]) if split else (terms[3] + terms[4], None))
     with torch.no_grad():
         # p = sigmoid(x) for the statistics and the BCE gradient y - p (torch's own, sigmoid(x) - y); with focal
         # exponents the statistics read p from q and u instead (p = q where y = 1, u where y = 0)
@@ -279,25 +295,18 @@ def _power(u: Tensor, gamma: float, free: list, in_place: bool = False) -> float
     if gamma == 1:
         return u
     if in_place:
-        return u.mul_(u) if gamma == 2 else u.pow_(gamma)
+        return power_in_place(u, gamma)
     return torch.mul(u, u, out=_pop(free)) if gamma == 2 else torch.pow(u, gamma, out=_pop(free))
 
 
 def _factor_and_scaled_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
-    """``F = safe_pow(u, gamma)`` and ``D = u F'(u)`` (``F'`` as autograd takes it through ``safe_pow``): numbers
-    for gamma 0, ``u`` itself for gamma 1, new maps otherwise. Same values as
-    :func:`~nnunet_losses.functional._focal_factor_and_derivative` (times ``u``): ``D = gamma F`` above ``POW_EPS``
-    and ``D = F`` on safe_pow's linear piece below it (gamma < 1)."""
-    if gamma == 0:
-        return 1.0, 0.0
-    if gamma == 1:
-        return u, u
-    if gamma > 1:
-        factor = u * u if gamma == 2 else u.pow(gamma)
-        return factor, factor * gamma
-    factor = u.clamp_min(POW_EPS).pow_(gamma - 1).mul_(u)  # u max(u, eps)^(gamma - 1): safe_pow's both pieces
-    above = torch.gt(u, POW_EPS, out=torch.empty_like(u))  # 0/1 as floats (3x cheaper than a bool mask)
-    return factor, above.mul_(factor).mul_(gamma - 1).add_(factor)  # gamma F above eps, F below
+    """``F = safe_pow(u, gamma)`` and ``D = u F'(u)`` from
+    :func:`~nnunet_losses.functional.focal_factor_and_derivative` (the one formula of ``F'``): numbers for gamma 0,
+    ``u`` itself for gamma 1, new maps otherwise (``D`` written over ``F'``)."""
+    factor, derivative = focal_factor_and_derivative(u, gamma)
+    if not isinstance(derivative, Tensor):  # gamma 0: D = 0; gamma 1: D = u
+        return factor, (u if derivative == 1 else derivative * u if derivative != 0 else 0.0)
+    return factor, derivative.mul_(u)
 
 
 def _by_side(y: Tensor, pos: float | Tensor, neg: float | Tensor, shared: Optional[Tensor]) -> Tensor:

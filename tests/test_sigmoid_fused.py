@@ -6,6 +6,8 @@
   confidently right voxels), and against finite differences (gradcheck);
 * every region loss on bool maps (the fused path) against the same loss on the same maps as floats (the general
   path), with an ignore label, deep supervision, batch dice, and confidently wrong voxels (the fallback);
+* the asymmetric focal pass (nnunet_losses/sigmoid_asymmetric.py: foreground exponent 0) on its own branches:
+  background exponents 1/2, 2, 1, 1.5, 0.3, safe_pow's linear piece, logits up to 60 on the wrong side;
 * ``prepare_batch``'s bool -> float conversion through the uint8 view.
 
 The float64 paper references (tests/test_reference*.py) run on bool region maps too and so check the fused path.
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 
 import nnunet_losses
 from nnunet_losses import functional as Fn
-from nnunet_losses import sigmoid_fused
+from nnunet_losses import sigmoid_asymmetric, sigmoid_fused
 from nnunet_losses.batch import prepare_batch
 from nnunet_losses.sigmoid_fused import sigmoid_hard_terms
 
@@ -170,9 +172,7 @@ def test_bool_region_maps_equal_the_float_maps(name, wrong, ignore_label, dtype,
     wrong voxel too), batch dice on: bool maps (fused path) and the same maps as floats (general path) give the
     same value and gradient -- with the default arguments and one variant (split sides, symmetric focal)."""
     g = torch.Generator().manual_seed(len(name) + 2 * wrong)
-    calls = []
-    apply = sigmoid_fused._SigmoidHardTerms.apply
-    monkeypatch.setattr(sigmoid_fused._SigmoidHardTerms, "apply", lambda *a: calls.append(1) or apply(*a))
+    calls = _spy(monkeypatch, sigmoid_fused._SigmoidHardTerms, sigmoid_asymmetric._AsymmetricFocalTerms)
     for variant in ({}, VARIANTS.get(name)):
         if variant is None:
             continue
@@ -218,3 +218,67 @@ def test_bool_region_maps_are_converted_exactly(ignore_label):
     assert torch.equal(batch.onehot, target[:, :2].float())
     if ignore_label is not None:
         assert torch.equal(batch.mask, 1 - target[:, 2:].float())
+
+
+def _spy(monkeypatch, *functions):
+    """Record the arguments of every ``apply`` of the given autograd Functions (one list for all)."""
+    calls = []
+    for function in functions:
+        monkeypatch.setattr(function, "apply", lambda *a, _apply=function.apply: calls.append(a) or _apply(*a))
+    return calls
+
+
+ASYMMETRIC_GAMMAS = (0.5, 2.0, 1.0, 1.5, 0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True], ids=["all", "masked"])
+@pytest.mark.parametrize("logits", ["confident", "wrong", "saturated"])
+@pytest.mark.parametrize("stats_gamma", [None, 1.0, 2.0])
+@pytest.mark.parametrize("gamma", ASYMMETRIC_GAMMAS)
+def test_asymmetric_focal_pass_equals_the_general_formulas(gamma, stats_gamma, logits, masked, dtype, monkeypatch):
+    """Foreground exponent 0, background ``gamma``: the asymmetric pass (checked to be taken, with or without
+    safe_pow's linear piece) against the general formulas and float64. 'confident': 3..16 on the reference's side
+    (u down to 1e-7); 'wrong': some voxels 25..60 on the wrong side (q down to 1e-26; ignored ones at 500); 'saturated':
+    +-1e4 confidently right voxels (u = 0 exactly: the linear piece for gamma < 1)."""
+    x, y, mask = _case(dtype, masked, seed=int(10 * gamma) + int(stats_gamma or 0), margin=12.0 * (logits != "wrong"),
+                       saturated=logits == "saturated")
+    if logits == "confident":  # 3..16 on the reference's side: u >= 1e-7, above the linear piece
+        x = x.clamp(-16, 16)
+    if logits == "wrong":
+        x[0, :, 1, 2] = -torch.linspace(25, 60, 4, dtype=dtype).view(1, 4) * (2 * y[0, :, 1, 2] - 1)
+        if masked:
+            x[mask.expand_as(x) == 0] = -500 * (2 * y[mask.expand_as(x) == 0] - 1)
+    calls = _spy(monkeypatch, sigmoid_asymmetric._AsymmetricFocalTerms)
+    for split in (True, False):
+        args = (x, y, mask, stats_gamma, (0.0, gamma), split)
+        fused, g_fused = _values_and_grads(_fused, *args)
+        general, g_general = _values_and_grads(_general, *args)
+        exact = _values_and_grads(_general, *(None if t is None else t.double() for t in (x, y, mask)), *args[3:])
+        assert torch.isfinite(g_fused).all()
+        for a, b, c in zip(fused + [g_fused], general + [g_general], exact[0] + [exact[1]]):
+            assert_as_close_as_the_general_formula(a, b, c)
+    assert [a[6] for a in calls] == [gamma < 1 and logits == "saturated"] * 2  # the linear-piece branch or not
+
+
+@pytest.mark.parametrize("stats_gamma,gamma,split", [(1.0, 0.5, True), (None, 0.5, False), (2.0, 0.3, True),
+                                                     (1.0, 1.5, True)])
+@pytest.mark.parametrize("linear_piece", [False, True], ids=["exact-power", "linear-piece"])
+def test_asymmetric_focal_pass_gradcheck(stats_gamma, gamma, split, linear_piece, monkeypatch):
+    """Finite differences; 'linear-piece': some background voxels at u ~ 2e-9 (logit 20 on their side), below
+    safe_pow's POW_EPS, away from its kink at 1e-8 (and the pass must take its linear-piece branch for gamma < 1;
+    the other branch's error there is ~1e-14, below what finite differences see)."""
+    calls = _spy(monkeypatch, sigmoid_asymmetric._AsymmetricFocalTerms)
+    x, y, mask = _case(torch.float64, True, seed=13, saturated=False)
+    x, y, mask = x[:, :, 1:4, :3, :2].clone(), y[:, :, 1:4, :3, :2], mask[:, :, 1:4, :3, :2]
+    if linear_piece:
+        x[:, :, 0] = 20.0 * (2 * y[:, :, 0] - 1)
+    x.requires_grad_()
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(5)]
+
+    def combined(z):
+        return sum((w * o).sum() for w, o in zip(weights, _fused(z, y, mask, stats_gamma, (0.0, gamma), split)))
+
+    assert torch.autograd.gradcheck(combined, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert {a[6] for a in calls} == {linear_piece and gamma < 1}
