@@ -139,8 +139,7 @@ def _background_factor_and_slope(base: Tensor, u: Tensor, q: Tensor, softplus: T
         h = torch.mul(q, softplus, out=work).mul_(derivative.mul_(base)).addcmul_(u, factor)
         return factor, h
     factor = power_in_place(base, gamma)
-    h = torch.mul(q, softplus, out=work)
-    return factor, torch.add(u, h, alpha=gamma, out=h).mul_(factor)  # F0 (u + gamma q log1p(e))
+    return factor, torch.addcmul(u, q, softplus, value=gamma, out=work).mul_(factor)  # F0 (u + gamma q log1p(e))
 
 
 def power_in_place(x: Tensor, gamma: float) -> Tensor:
