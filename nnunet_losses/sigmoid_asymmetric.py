@@ -8,7 +8,8 @@ the reference's side, ``u = 1 - q`` and the voxel mask ``m``, :func:`asymmetric_
           \quad F = \mathrm{safe\_pow}(\cdot, \gamma),
 
 and the overlap statistics (FP/FN exponent 1 or 2), with about half the elementwise passes of the general fused
-path: the foreground side needs no focal factor at all, and every map is written into one of five buffers.
+path: the foreground side needs no focal factor at all, and every map is written into one of four full-size
+buffers besides the target (as the general path).
 
 **One exponential.** With ``n = -z = x (1 - 2y)`` (one ``addcmul``, exact) and ``e = exp(n)``:
 ``q = 1 / (1 + e)``, ``u = e q`` and ``-log q = log1p(e)`` (softplus, as ``logsigmoid`` computes it): exact to
@@ -27,8 +28,9 @@ where it counts and exactly 0 elsewhere (``F(0) = 0``), so ``L- = -sum F0 log1p(
   through ``safe_pow``, :func:`~nnunet_losses.functional.focal_factor_and_derivative`); ``D0 = gamma F0`` where no
   ``b`` lies on safe_pow's linear piece, so ``H = F0 (u + gamma q log1p(e))``.
 
-So ``dL/dx = m (u ((stats' q-part) + y g_L+) - g_L- H)``: backward reads ``u``, ``q`` and ``H`` (three to seven
-passes, one buffer). Differentiable once (double backward raises).
+So ``dL/dx = m (u ((stats' q-part) + y g_L+) - g_L- H)``: backward reads ``u`` and ``H`` only (three to seven
+passes into a forward buffer), with ``q u`` taken as ``u (1 - u)``, the general formula's ``p (1 - p)`` rounded
+alike. Differentiable once (double backward raises).
 """
 from __future__ import annotations
 
@@ -65,15 +67,20 @@ def asymmetric_terms(n: Tensor, logits: Tensor, y: Tensor, mask: Optional[Tensor
 
 
 class _AsymmetricFocalTerms(torch.autograd.Function):
-    """Forward and one-pass backward of :func:`asymmetric_terms` (derivation in the module docstring). Five
-    full-size buffers at most; backward reads ``u``, ``q``, ``H`` (kept on ``ctx``, never modified) and writes
-    into a forward buffer nothing reads any more (its first call only)."""
+    """Forward and one-pass backward of :func:`asymmetric_terms` (derivation in the module docstring). Four
+    full-size buffers (five with a mask: ``y m``); backward reads ``u`` and ``H`` (kept on ``ctx``, never
+    modified) and writes into a forward buffer nothing reads any more (its first call only)."""
 
     @staticmethod
     def forward(ctx, logits, y, mask, n, stats_gamma, gamma, linear_piece, acc):
         axes = tuple(range(2, logits.ndim))
         ym = y if mask is None else y * mask
-        u, q, softplus = _side_probabilities(n)
+        e = n.exp_()
+        q = torch.add(e, 1).reciprocal_()
+        # -log q = log1p(e) now, while e exists; DSC++'s exponent 2 first needs that buffer for the FP map's
+        # square, and takes it after as log1p(u / q) (e to rounding): four full-size buffers, never five
+        softplus = torch.log1p(e) if stats_gamma != 2 else None
+        u = e.mul_(q)
         zeros = [logits.new_zeros(()) for _ in range(3)]
         tp, fp, fn = zeros
         base = torch.mul(q, ym) if stats_gamma is not None else None
@@ -84,18 +91,18 @@ class _AsymmetricFocalTerms(torch.autograd.Function):
         base = torch.addcmul(u, u, y, value=-1, out=base)  # b = u (1 - y), exact; p where y = 0
         if mask is not None:
             base.mul_(mask)
-        work = None
         if stats_gamma == 1:
             fp = base.sum(axes, dtype=acc)
         elif stats_gamma == 2:
-            work = torch.mul(base, base)
-            fp = work.sum(axes, dtype=acc)
-        factor, h = _background_factor_and_slope(base, u, q, softplus, gamma, linear_piece, work)
+            softplus = torch.mul(base, base)
+            fp = softplus.sum(axes, dtype=acc)
+            softplus = torch.div(u, q, out=softplus).log1p_()
+        factor, h = _background_factor_and_slope(base, u, q, softplus, gamma, linear_piece)
         l_neg = factor.mul_(softplus).sum(axes, dtype=acc).neg_()  # sum F0 log q
         l_pos = softplus.mul_(ym).sum(axes, dtype=acc).neg_()  # sum y m log q
         ctx.stats_gamma = stats_gamma
         ctx.save_for_backward(y, mask)
-        ctx.maps = (u, q, h)
+        ctx.maps = (u, h)
         ctx.spare = [factor, softplus]
         return tp, fp, fn, l_pos, l_neg
 
@@ -103,14 +110,17 @@ class _AsymmetricFocalTerms(torch.autograd.Function):
     @once_differentiable  # the derivatives are written out without a graph: refuse double backward
     def backward(ctx, g_tp, g_fp, g_fn, g_pos, g_neg):
         y, mask = ctx.saved_tensors
-        u, q, h = ctx.maps  # read only: backward may run again (retain_graph, gradcheck)
+        u, h = ctx.maps  # read only: backward may run again (retain_graph, gradcheck)
         out, ctx.spare = (ctx.spare[0] if ctx.spare else None), []  # the result is handed to autograd
         shape = y.shape[:2] + (1,) * (y.ndim - 2)
+        # q u as u (1 - u): the general formula's p (1 - p), rounded alike (t (1 - u) written t - t u)
         if ctx.stats_gamma == 1:  # q (g_FP + y (g_TP - g_FP - g_FN))
-            grad = torch.addcmul(g_fp.view(shape), y, (g_tp - g_fp - g_fn).view(shape), out=out).mul_(q)
+            grad = torch.addcmul(g_fp.view(shape), y, (g_tp - g_fp - g_fn).view(shape), out=out)
+            grad.addcmul_(grad, u, value=-1)
         elif ctx.stats_gamma == 2:  # q (y g_TP + u (2 g_FP - 2 y (g_FP + g_FN)))
             grad = torch.addcmul((2 * g_fp).view(shape), y, (-2 * (g_fp + g_fn)).view(shape), out=out)
-            grad.mul_(u).addcmul_(y, g_tp.view(shape)).mul_(q)
+            grad.mul_(u).addcmul_(y, g_tp.view(shape))
+            grad.addcmul_(grad, u, value=-1)
         if ctx.stats_gamma is not None:
             grad.addcmul_(y, g_pos.view(shape))
         else:
@@ -121,25 +131,16 @@ class _AsymmetricFocalTerms(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-def _side_probabilities(n: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``u = sigmoid(n)`` (written over ``n``), ``q = sigmoid(-n)`` and ``-log q = log1p(exp(n))`` from one
-    exponential ``e = exp(n)``: ``q = 1 / (1 + e)``, ``u = e q``."""
-    e = n.exp_()
-    softplus = torch.log1p(e)
-    q = torch.add(e, 1).reciprocal_()
-    return e.mul_(q), q, softplus
-
-
 def _background_factor_and_slope(base: Tensor, u: Tensor, q: Tensor, softplus: Tensor, gamma: float,
-                                 linear_piece: bool, work: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """``F0 = safe_pow(b, gamma)`` (written over ``b``) and ``H = F0 u + q log1p(e) b F'(b)`` (into ``work`` if
-    given): ``gamma F0`` for ``b F'`` unless some ``b`` may lie on safe_pow's linear piece (``linear_piece``)."""
+                                 linear_piece: bool) -> Tuple[Tensor, Tensor]:
+    """``F0 = safe_pow(b, gamma)`` (written over ``b``) and ``H = F0 u + q log1p(e) b F'(b)`` (written over ``q``,
+    which nothing reads after): ``gamma F0`` for ``b F'`` unless some ``b`` may lie on safe_pow's linear piece
+    (``linear_piece``)."""
     if linear_piece:  # b F'(b) from the one formula of F' (gamma F0 above POW_EPS, F0 on the linear piece)
         factor, derivative = focal_factor_and_derivative(base, gamma)
-        h = torch.mul(q, softplus, out=work).mul_(derivative.mul_(base)).addcmul_(u, factor)
-        return factor, h
+        return factor, q.mul_(softplus).mul_(derivative.mul_(base)).addcmul_(u, factor)
     factor = power_in_place(base, gamma)
-    return factor, torch.addcmul(u, q, softplus, value=gamma, out=work).mul_(factor)  # F0 (u + gamma q log1p(e))
+    return factor, torch.addcmul(u, q, softplus, value=gamma, out=q).mul_(factor)  # F0 (u + gamma q log1p(e))
 
 
 def power_in_place(x: Tensor, gamma: float) -> Tensor:
