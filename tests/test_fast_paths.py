@@ -255,6 +255,40 @@ def test_cpu_lovasz_rows_on_threads_equal_one_thread():
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("error_map", ["identity", "abs", "abs_diff", "relu", "hinge"])
+def test_cpu_lovasz_extension_on_long_rows_equals_the_autograd_path(error_map, soft):
+    """Rows longer than the compiled pass's chunks (fill, sweep; 7001 is no multiple of them), with MSD buckets
+    sorted both ways (numba's sort, LSD passes), ties, both zeros, and the last bucket holding errors 0 with or
+    without a denormal error: same value to rounding, the gradient bit for bit (the soft hinge to rounding)."""
+    from nnunet_losses import lovasz_cpu
+    n = 7001
+    assert n > 2 * max(lovasz_cpu._FILL_CHUNK, lovasz_cpu._SWEEP_CHUNK)
+    g = torch.Generator().manual_seed(11 + soft)
+    values = 2 * torch.randn(2, 3, n, generator=g)
+    values[..., ::7] = 0.25
+    values[..., 1::11] = 0.0
+    values[..., 2::13] = -0.0
+    values[..., 3::17] = 1.0  # hinge: margin 0 at the foreground
+    values[0, 1, 5::97] = 1e-40  # a denormal error among the errors 0 (identity, abs, relu)
+    values[1, 2, :n // 2] = 0.0  # a row of mostly zeros
+    if error_map == "identity":
+        values = values.abs()
+    fg = torch.rand(2, 3, n, generator=g)
+    fg = fg if soft else (fg > 0.6).float()
+    weights = torch.rand(2, 3, generator=g)
+    a, b = values.clone().requires_grad_(), values.clone().requires_grad_()
+    va = Fn.lovasz_extension(a, fg, error_map)
+    vb = Fn.lovasz_extension_autograd(Fn.LOVASZ_ERROR_MAPS[error_map](b, fg), fg)
+    (va * weights).sum().backward()
+    (vb * weights).sum().backward()
+    assert torch.allclose(va, vb, rtol=1e-5, atol=1e-6)
+    if error_map == "hinge" and soft:
+        assert torch.allclose(a.grad, b.grad, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+    else:
+        assert torch.equal(a.grad, b.grad)
+
+
 def test_cpu_lovasz_extension_with_negative_errors_equals_the_autograd_path():
     """lovasz_extension is public: a row holding negative values (never a Lovász error) is sorted by torch.sort."""
     g = torch.Generator().manual_seed(6)
