@@ -258,12 +258,12 @@ def test_cpu_lovasz_rows_on_threads_equal_one_thread():
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("error_map", ["identity", "abs", "abs_diff", "relu", "hinge"])
 def test_cpu_lovasz_extension_on_long_rows_equals_the_autograd_path(error_map, soft):
-    """Rows longer than the compiled pass's chunks (fill, sweep; 7001 is no multiple of them), with MSD buckets
-    sorted both ways (numba's sort, LSD passes), ties, both zeros, and the last bucket holding errors 0 with or
-    without a denormal error: same value to rounding, the gradient bit for bit (the soft hinge to rounding)."""
+    """Rows longer than the compiled sweep's chunks (7001 is no multiple of them), with MSD buckets sorted both
+    ways (numba's sort, LSD passes), ties, both zeros, and errors 0 with or without a denormal error among them:
+    same value to rounding, the gradient bit for bit (the soft hinge to rounding)."""
     from nnunet_losses import lovasz_cpu
     n = 7001
-    assert n > 2 * max(lovasz_cpu._FILL_CHUNK, lovasz_cpu._SWEEP_CHUNK)
+    assert n > 2 * lovasz_cpu._SWEEP_CHUNK
     g = torch.Generator().manual_seed(11 + soft)
     values = 2 * torch.randn(2, 3, n, generator=g)
     values[..., ::7] = 0.25
