@@ -92,7 +92,7 @@ def _sorted_words(values, fg, mode, words, scratch):  # pragma: no cover - compi
     """Sort one float32 row by decreasing error, stably; returns ``(ok, soft, count, kept, words)``.
 
     The first ``kept`` words are sorted; the rest are the voxels of error 0 in ``RELU``/``HINGE`` mode, in reverse
-    index order: they come last in the stable order, and there the error map's derivative is 0 and its product
+    index order (only stored for a soft target): they come last in the stable order, and there the error map's derivative is 0 and its product
     with ``g`` is 0, so only their foreground count matters (ignored voxels, and the hinge's margins beyond 1 -- a
     third of the voxels of the benchmark's random logits, more in a trained network; region Lovász 20.4 -> 17.8 ms
     in one run). In the other modes errors 0 (rare) have the largest key: the last MSD bucket, in index order,
@@ -102,7 +102,7 @@ def _sorted_words(values, fg, mode, words, scratch):  # pragma: no cover - compi
     if not ok:
         return False, soft > 0, count, 0, words
     bounds = np.zeros(_TOP_BUCKETS + 1, np.int64)
-    kept = _keep_and_count_top_digits(words, mode, bounds, scratch)
+    kept = _keep_and_count_top_digits(words, mode, bounds, scratch, soft > 0)
     for bucket in range(_TOP_BUCKETS):
         bounds[bucket + 1] += bounds[bucket]
     fill = bounds[:-1].copy()
@@ -185,10 +185,12 @@ def _fill_words_of(values, fg, mode, words):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _keep_and_count_top_digits(words, mode, top_counts, tail):  # pragma: no cover - compiled
+def _keep_and_count_top_digits(words, mode, top_counts, tail, keep_tail):  # pragma: no cover - compiled
     """Counts of the top key digits; in ``RELU``/``HINGE`` mode also moves the words of error 0 to the end of
     ``tail`` (reverse index order) and the others to the front of ``words`` (in place: ``kept <= i``). Returns
-    ``kept``. Branch-free: each word is written to both places, and a write that is not its final one is
+    ``kept``. The dropped words are only stored with ``keep_tail`` (soft targets, whose foreground sum runs over
+    them; with a hard target the sweep sets their gradient to 0 by one memset). Branch-free: each word is written
+    to both places, and a write that is not its final one is
     overwritten later (at the front by the next kept word, at the back by the next dropped word or, just below the
     dropped block, by the MSD scatter, which fills every position before ``kept``). (Left to the MSD scatter, the
     errors 0 made its last bucket hot: a chain of store-to-load forwards through its position, slower.)"""
@@ -202,7 +204,8 @@ def _keep_and_count_top_digits(words, mode, top_counts, tail):  # pragma: no cov
         w = words[i]
         keep = np.int64((w >> _KEY_SHIFT) != _MAGNITUDE)  # key of error 0
         words[kept] = w
-        tail[n - 1 - i + kept] = w
+        if keep_tail:  # loop-invariant
+            tail[n - 1 - i + kept] = w
         top_counts[(w >> (_KEY_SHIFT + _TOP_SHIFT)) + 1] += keep
         kept += keep
     return kept
@@ -285,6 +288,8 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
     cumulative = 0.0  # soft: float64, rounded to real, as torch's CPU cumsum
     counted = 0  # hard: an integer count (a 1-cycle dependency chain instead of a float addition's 4), exact
     value = 0.0
+    if kept < words.shape[0] and not soft:  # hard RELU/HINGE: the errors 0 (words not stored), before the scatter
+        grad[:] = 0
     previous, previous_gradients = words[:0], gradients[1]
     for start in range(0, kept, _SWEEP_CHUNK):
         chunk = words[start:min(start + _SWEEP_CHUNK, kept)]
@@ -313,8 +318,9 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
         previous, previous_gradients = chunk, mine
     for j in range(previous.shape[0]):
         _store_gradient(previous[j], previous_gradients[j], fg, soft, mode, grad)
-    for k in range(kept, words.shape[0]):
-        grad[_index(words[k])] = 0
+    if soft:
+        for k in range(kept, words.shape[0]):
+            grad[_index(words[k])] = 0
     return value
 
 
