@@ -308,12 +308,11 @@ def _extension_row_words(words, kept, fg, soft, count, mode, grad):  # pragma: n
             _store_gradient(previous[j], previous_gradients[j], fg, soft, mode, grad)
         for j in range(m):
             jaccards[j + 1] = _jaccard(real, intersections[j], start + j)
-        for j in range(m):
-            steps[j] = jaccards[j + 1] - jaccards[j]
-        value += _errors_dot_steps(chunk, steps)
         mine = gradients[(start // _SWEEP_CHUNK) & 1]
         for j in range(m):
+            steps[j] = jaccards[j + 1] - jaccards[j]
             mine[j] = steps[j] * real(_derivative(chunk[j], soft, mode))
+        value += _errors_dot_steps(chunk, steps)
         jaccards[0] = jaccards[m]
         previous, previous_gradients = chunk, mine
     for j in range(previous.shape[0]):
