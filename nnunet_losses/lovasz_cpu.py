@@ -92,10 +92,10 @@ def _sorted_words(values, fg, mode, words, scratch):  # pragma: no cover - compi
     """Sort one float32 row by decreasing error, stably; returns ``(ok, soft, count, kept, words)``.
 
     The first ``kept`` words are sorted; the rest are the voxels of error 0 in ``RELU``/``HINGE`` mode, in reverse
-    index order (only stored for a soft target): they come last in the stable order, and there the error map's derivative is 0 and its product
-    with ``g`` is 0, so only their foreground count matters (ignored voxels, and the hinge's margins beyond 1 -- a
-    third of the voxels of the benchmark's random logits, more in a trained network; region Lovász 20.4 -> 17.8 ms
-    in one run). In the other modes errors 0 (rare) have the largest key: the last MSD bucket, in index order,
+    index order (only stored for a soft target): they come last in the stable order, and there the error map's
+    derivative is 0 and its product with ``g`` is 0, so only their foreground count matters (ignored voxels, and
+    the hinge's margins beyond 1 -- a third of the voxels of the benchmark's random logits, more in a trained
+    network; region Lovász 20.4 -> 17.8 ms in one run). In the other modes errors 0 (rare) have the largest key: the last MSD bucket, in index order,
     which needs no sort when it holds nothing else. See :func:`_fill_words` for the words.
     """
     ok, soft, count, n_zero = _fill_words(values, fg, mode, words)
@@ -150,9 +150,9 @@ def _fill_words_of(values, fg, mode, words):  # pragma: no cover - compiled
     (key, index) order: the stable order. ``ok`` is False on a negative value in ``IDENTITY`` mode; ``n_soft``
     counts the values of ``fg`` other than 0 and 1 (then its bit is unused), ``count`` the foreground voxels,
     ``n_zero`` the errors 0 (after ``RELU``/``HINGE``'s clamp).
-    Branch-free arithmetic on the data and nothing but ``words[i]`` written, so that LLVM vectorises it (2.5x faster than with the digit histogram in the same loop; a
-    data-dependent branch per voxel -- Lovász-softmax's differences have random signs -- cost as much as the
-    whole pass).
+    Branch-free arithmetic on the data and nothing but ``words[i]`` written, so that LLVM vectorises it (2.5x
+    faster than with the digit histogram in the same loop; a data-dependent branch per voxel -- Lovász-softmax's
+    differences have random signs -- cost as much as the whole pass).
     """
     n = values.shape[0]
     real = values.dtype.type  # float32
