@@ -95,8 +95,9 @@ def _sorted_words(values, fg, mode, words, scratch):  # pragma: no cover - compi
     index order (only stored for a soft target): they come last in the stable order, and there the error map's
     derivative is 0 and its product with ``g`` is 0, so only their foreground count matters (ignored voxels, and
     the hinge's margins beyond 1 -- a third of the voxels of the benchmark's random logits, more in a trained
-    network; region Lovász 20.4 -> 17.8 ms in one run). In the other modes errors 0 (rare) have the largest key: the last MSD bucket, in index order,
-    which needs no sort when it holds nothing else. See :func:`_fill_words` for the words.
+    network; region Lovász 20.4 -> 17.8 ms in one run). In the other modes errors 0 (rare) have the largest key:
+    the last MSD bucket, in index order, which needs no sort when it holds nothing else. See :func:`_fill_words`
+    for the words.
     """
     ok, soft, count, n_zero = _fill_words(values, fg, mode, words)
     if not ok:
