@@ -112,3 +112,13 @@ def lib_loss(name: str, logits, target, region: bool, ignore_label: Optional[int
     value = loss(x, torch.from_numpy(np.asarray(target)))
     value.backward()
     return value, x.grad
+
+
+def values_and_grads(fn, x, *args):
+    """``fn(x, *args)``'s outputs and the gradient w.r.t. ``x`` of an arbitrary (seeded) linear combination of all
+    of them -- one backward that exercises every output's gradient at once (fused passes vs general formulas)."""
+    xx = x.clone().requires_grad_()
+    outs = fn(xx, *args)
+    g = torch.Generator().manual_seed(3)
+    sum((torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) * o).sum() for o in outs).backward()
+    return [o.detach() for o in outs], xx.grad

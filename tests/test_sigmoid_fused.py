@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import nnunet_losses
+from loss_cases import values_and_grads
 from nnunet_losses import functional as Fn
 from nnunet_losses import sigmoid_asymmetric, sigmoid_fused
 from nnunet_losses.batch import prepare_batch
@@ -66,14 +67,6 @@ def _case(dtype, masked, seed, margin=0.0, saturated=True):
     return x.to(dtype), y.to(dtype), mask
 
 
-def _values_and_grads(fn, x, *args):
-    xx = x.clone().requires_grad_()
-    outs = fn(xx, *args)
-    g = torch.Generator().manual_seed(3)  # an arbitrary linear combination of every output
-    sum((torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) * o).sum() for o in outs).backward()
-    return [o.detach() for o in outs], xx.grad
-
-
 CASES = [(gamma, focal, split) for gamma, focal, split in itertools.product((None, 1.0, 2.0), FOCALS, (True, False))
          if (gamma is not None or focal != "none") and (split or focal != "none")]
 
@@ -89,9 +82,9 @@ def test_fused_region_terms_equal_the_general_formulas(dtype, masked, margin, sa
     +-1e4 logits; 'unsaturated': no u below 1e-8 (focal exponents < 1 take the one-power formula)."""
     x, y, mask = _case(dtype, masked, seed=len(focal) + int(10 * (gamma or 0)) + split, margin=margin,
                        saturated=saturated)
-    fused, g_fused = _values_and_grads(_fused, x, y, mask, gamma, FOCALS[focal], split)
-    general, g_general = _values_and_grads(_general, x, y, mask, gamma, FOCALS[focal], split)
-    exact = _values_and_grads(_general, *(None if t is None else t.double() for t in (x, y, mask)), gamma,
+    fused, g_fused = values_and_grads(_fused, x, y, mask, gamma, FOCALS[focal], split)
+    general, g_general = values_and_grads(_general, x, y, mask, gamma, FOCALS[focal], split)
+    exact = values_and_grads(_general, *(None if t is None else t.double() for t in (x, y, mask)), gamma,
                               FOCALS[focal], split)
     assert torch.isfinite(g_fused).all()
     # the BCE sums take log q of the rounded q: up to 2^-24 per element where q rounds near 1 (see sigmoid_fused)
@@ -133,8 +126,8 @@ def test_confidently_wrong_ignored_voxels_keep_the_fused_path(gamma, focal):
     ignored = (mask[:, 0] == 0).nonzero()[0]
     x[ignored[0], :, ignored[1], ignored[2], ignored[3]] = -500 * (2 * y[ignored[0], :, ignored[1], ignored[2],
                                                                          ignored[3]] - 1)
-    fused, g_fused = _values_and_grads(_fused, x, y, mask, gamma, FOCALS[focal], True)
-    general, g_general = _values_and_grads(_general, x, y, mask, gamma, FOCALS[focal], True)
+    fused, g_fused = values_and_grads(_fused, x, y, mask, gamma, FOCALS[focal], True)
+    general, g_general = values_and_grads(_general, x, y, mask, gamma, FOCALS[focal], True)
     for a, b in zip(fused + [g_fused], general + [g_general]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
@@ -252,9 +245,9 @@ def test_asymmetric_focal_pass_equals_the_general_formulas(gamma, stats_gamma, l
     calls = _spy(monkeypatch, sigmoid_asymmetric._AsymmetricFocalTerms)
     for split in (True, False):
         args = (x, y, mask, stats_gamma, (0.0, gamma), split)
-        fused, g_fused = _values_and_grads(_fused, *args)
-        general, g_general = _values_and_grads(_general, *args)
-        exact = _values_and_grads(_general, *(None if t is None else t.double() for t in (x, y, mask)), *args[3:])
+        fused, g_fused = values_and_grads(_fused, *args)
+        general, g_general = values_and_grads(_general, *args)
+        exact = values_and_grads(_general, *(None if t is None else t.double() for t in (x, y, mask)), *args[3:])
         assert torch.isfinite(g_fused).all()
         for a, b, c in zip(fused + [g_fused], general + [g_general], exact[0] + [exact[1]]):
             assert_as_close_as_the_general_formula(a, b, c)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import nnunet_losses
+from loss_cases import values_and_grads
 from nnunet_losses import functional as Fn
 from nnunet_losses.softmax_terms import CategoricalNLL, OneVsRestNLL, softmax_label_terms
 
@@ -52,14 +53,6 @@ def _case(dtype, masked, seed, margin=0.0):
     return x.to(dtype), onehot.to(dtype), mask
 
 
-def _values_and_grads(fn, x, *args):
-    xx = x.clone().requires_grad_()
-    outs = fn(xx, *args)
-    g = torch.Generator().manual_seed(3)  # an arbitrary linear combination of every output
-    sum((torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) * o).sum() for o in outs).backward()
-    return [o.detach() for o in outs], xx.grad
-
-
 CASES = [(c0, gamma, nll) for c0, gamma, nll in itertools.product((0, 1), (None, 1.0, 2.0, 3.0), NLLS)
          if gamma is not None or nll != "none"]
 
@@ -71,8 +64,8 @@ CASES = [(c0, gamma, nll) for c0, gamma, nll in itertools.product((0, 1), (None,
 def test_fused_label_terms_equal_the_general_formulas(dtype, masked, margin, c0, gamma, nll):
     """'confident': the labelled class 800 above the others (p_t = 1 and 1 - p_t = 0 exactly in float32)."""
     x, onehot, mask = _case(dtype, masked, seed=len(nll) + 7 * c0 + int(10 * (gamma or 0)), margin=margin)
-    fused, g_fused = _values_and_grads(_fused, x, onehot, mask, c0, gamma, NLLS[nll])
-    general, g_general = _values_and_grads(_general, x, onehot, mask, c0, gamma, NLLS[nll])
+    fused, g_fused = values_and_grads(_fused, x, onehot, mask, c0, gamma, NLLS[nll])
+    general, g_general = values_and_grads(_general, x, onehot, mask, c0, gamma, NLLS[nll])
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert torch.isfinite(g_fused).all()
     for a, b in zip(fused, general):
@@ -89,8 +82,8 @@ def test_categorical_nll_from_the_label_map_equals_the_one_hot_path(dtype, maske
     from the one-hot map, bit for bit (the same products and sums)."""
     x, onehot, mask = _case(dtype, masked, seed=31)
     labels = onehot.argmax(1, keepdim=True).to(torch.int16)
-    from_labels = _values_and_grads(lambda z: [softmax_label_terms(z, None, mask, 0, None, NLLS[nll], labels).nll], x)
-    from_onehot = _values_and_grads(lambda z: [softmax_label_terms(z, onehot, mask, 0, None, NLLS[nll]).nll], x)
+    from_labels = values_and_grads(lambda z: [softmax_label_terms(z, None, mask, 0, None, NLLS[nll], labels).nll], x)
+    from_onehot = values_and_grads(lambda z: [softmax_label_terms(z, onehot, mask, 0, None, NLLS[nll]).nll], x)
     assert torch.equal(from_labels[0][0], from_onehot[0][0]) and torch.equal(from_labels[1], from_onehot[1])
 
 
@@ -130,8 +123,8 @@ def test_saturated_probabilities_take_the_general_path(nll):
     mask.view(2, -1)[:, 7] = 0
     x[0, :, 0, 0, 0] = torch.tensor([0.0, -1e4, 1e4]) * (1 - 2 * onehot[0, :, 0, 0, 0])  # p_t = 0 exactly
     mask[0, :, 0, 0, 0] = 0
-    fused, g_fused = _values_and_grads(_fused, x, onehot, mask, 1, 1.0, NLLS[nll])
-    general, g_general = _values_and_grads(_general, x, onehot, mask, 1, 1.0, NLLS[nll])
+    fused, g_fused = values_and_grads(_fused, x, onehot, mask, 1, 1.0, NLLS[nll])
+    general, g_general = values_and_grads(_general, x, onehot, mask, 1, 1.0, NLLS[nll])
     for a, b in zip(fused, general):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_fused, g_general, rtol=1e-5, atol=1e-8)
