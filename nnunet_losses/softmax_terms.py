@@ -97,6 +97,9 @@ class _LabelPass:
         self.p = p = torch.softmax(logits, 1)
         self.onehot, self.labels, self.mask, self.c0, self.gamma, self.nll = onehot, labels, mask, c0, gamma, nll
         self.need_grad, self.outputs, self.dtype = need_grad, None, p.dtype
+        # the categorical NLL alone, from the label map: its backward needs p - y only, so the forward pass leaves
+        # p - y in p (the class indicator is read once, not again in backward)
+        self.p_minus_y = onehot is None and need_grad
         tp = self._tp_and_p_t() if gamma is not None or isinstance(nll, CategoricalNLL) else None
         if isinstance(nll, CategoricalNLL) and bool(self.p_t.amin() < MIN_PROBABILITY):  # amin: no bool tensor
             return
@@ -107,24 +110,30 @@ class _LabelPass:
         outputs = self._stats(tp) if gamma is not None else ()
         self.outputs = outputs + ((self._nll(),) if nll is not None else ())
 
-    def _indicator(self, c: int) -> Tensor:
-        """The ``(B, 1, *spatial)`` 0/1 map of class ``c``: a one-hot channel, or ``labels == c`` (a new tensor)."""
+    def _indicator(self, c: int, out: Optional[Tensor] = None) -> Tensor:
+        """The ``(B, 1, *spatial)`` 0/1 map of class ``c``: a one-hot channel, or ``labels == c`` (written into
+        ``out``, or a new tensor)."""
         if self.onehot is not None:
             return self.onehot[:, c:c + 1]
-        return torch.eq(self.labels, c, out=torch.empty(self.labels.shape, dtype=self.dtype, device=self.labels.device))
+        if out is None:
+            out = torch.empty(self.labels.shape, dtype=self.dtype, device=self.labels.device)
+        return torch.eq(self.labels, c, out=out)
 
     def _tp_and_p_t(self) -> Optional[Tensor]:
         """``TP = sum p y m`` of the statistics' channels (None without statistics) and, for the categorical NLL,
         ``p_t = sum_c p_c y_c`` (``self.p_t``): channel by channel, ``(B, 1, *spatial)`` temporaries only."""
         p, m, c0 = self.p, self.mask, self.c0
         categorical = isinstance(self.nll, CategoricalNLL)
-        columns, p_t = [], None
+        columns, p_t, y_c, prod = [], None, None, None
         for c in range(0 if categorical else c0, p.shape[1]):
-            prod = p[:, c:c + 1] * self._indicator(c)
+            y_c = self._indicator(c, out=y_c)  # one buffer for every class of the label map
+            prod = torch.mul(p[:, c:c + 1], y_c, out=prod)
             if c >= c0 and self.gamma is not None:  # p (y m) = (p y) m exactly: y, m are 0/1
                 columns.append(_spatial_sum(prod if m is None else prod * m))
             if categorical:  # one of the terms is non-zero: the sum is exact in any order
-                p_t = prod if p_t is None else p_t.add_(prod)
+                p_t, prod = (prod, None) if p_t is None else (p_t.add_(prod), prod)
+            if self.p_minus_y:
+                p[:, c:c + 1].sub_(y_c)
         self.p_t = p_t if p_t is None else self._one_where_ignored(p_t)
         return torch.cat(columns, 1) if columns else None
 
@@ -209,6 +218,9 @@ class _LabelPass:
         if isinstance(self.nll, CategoricalNLL):
             e = self.slope_nll * g  # a 0-d tensor for plain CE (the same slope everywhere)
             e = e if self.mask is None else e * self.mask
+            if self.p_minus_y:  # (y - p) e = (p - y) (-e), p - y left in p by the forward pass
+                grad, self.p = self.p, None
+                return grad.mul_(-e)
             if grad is None:  # (y - p) e written over p (-p + y == y - p exactly): no new logits-sized buffer, so
                 # that a training step frees no more than torch's CE (glibc returns a larger free heap top to the
                 # OS, and every page of the next step's allocations is then faulted in again: ~4 ms per step here)
@@ -259,5 +271,5 @@ class _SoftmaxLabelTerms(torch.autograd.Function):
     @once_differentiable  # the derivatives are written out without a graph: refuse double backward
     def backward(ctx, *grads):
         if ctx.state.p is None:  # a second backward (retain_graph): the first one wrote its gradient over p
-            ctx.state.p = torch.softmax(ctx.saved_tensors[0], 1)
+            ctx.state.p, ctx.state.p_minus_y = torch.softmax(ctx.saved_tensors[0], 1), False
         return ctx.state.backward(grads), None
