@@ -15,7 +15,7 @@ import torch
 import nnunet_losses
 from loss_cases import values_and_grads
 from nnunet_losses import functional as Fn
-from nnunet_losses.softmax_terms import CategoricalNLL, OneVsRestNLL, softmax_label_terms
+from nnunet_losses.softmax_terms import CategoricalNLL, OneVsRestNLL, _sum_of_logs, softmax_label_terms
 
 NLLS = {"none": None, "ce": CategoricalNLL(), "asymmetric-focal": CategoricalNLL(
     torch.tensor([0.4, 0.6, 0.6], dtype=torch.float64), (0.5, 0.0, 0.0)),
@@ -203,3 +203,21 @@ def test_backward_twice_with_retain_graph(name):
     first = x.grad.clone()
     value.backward()
     torch.testing.assert_close(x.grad, 2 * first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("smallest, size", [(0.3, 4096), (1e-7, 4096), (1e-30, 4096), (0.3, 4095), (1e-200, 512)])
+def test_plain_ce_sum_of_logs_from_products_equals_the_sum_of_logs(dtype, smallest, size):
+    """Plain CE's ``sum log p_t`` from logarithms of products of up to 16 probabilities equals the float64 sum of
+    the logarithms to rounding, also where products of 16 would leave the normal range (smallest 1e-7: only 4
+    per product in float32) or nothing may be multiplied (1e-30; an odd size)."""
+    if dtype == torch.float32 and smallest < 1e-30:
+        pytest.skip("below float32's normal range (the fused pass refuses p_t < 1e-30)")
+    gen = torch.Generator().manual_seed(7)
+    prob = torch.rand(size, generator=gen, dtype=torch.float64) ** 0.2 * (1 - smallest) + smallest
+    prob[torch.rand(size, generator=gen) < 0.8] = smallest  # many products of the smallest value alone
+    expected = prob.log().sum()
+    got = _sum_of_logs(prob.to(dtype), float(prob.to(dtype).min()))
+    assert torch.isfinite(got)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=64 * eps * prob.log().abs().sum().item() + 1e-12)
