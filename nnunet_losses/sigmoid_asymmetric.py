@@ -17,7 +17,9 @@ rounding for every ``n`` up to the ``q >= 1e-30`` limit of the fused path, with 
 
 **The background factor from the FP map.** ``b = u (1 - y) m`` is ``p m`` where ``y = 0`` and 0 where ``y = 1``:
 the FP term of the statistics (its square for DSC++'s exponent 2), and ``F0 = F(b)`` is the background's factor
-where it counts and exactly 0 elsewhere (``F(0) = 0``), so ``L- = -sum F0 log1p(e)``.
+where it counts and exactly 0 elsewhere (``F(0) = 0``), so ``L- = -sum F0 log1p(e)``. With DSC++'s exponent 2
+the FP map is squared in its buffer (a fifth buffer costs more than the passes it saves) and ``b`` is taken from
+``u`` again (for gamma 0.5 within the square root's lift: ``sqrt(lerp(u, 1, y) m) - y m``).
 
 **Gradient** (``dp/dx = q u`` on both sides; ``d log q/dz = u``, ``du/dz = -q u``, ``dz/dx = -1`` where
 ``y = 0``):
@@ -77,9 +79,7 @@ class _AsymmetricFocalTerms(torch.autograd.Function):
         ym = y if mask is None else y * mask
         e = n.exp_()
         q = torch.add(e, 1).reciprocal_()
-        # -log q = log1p(e) now, while e exists; DSC++'s exponent 2 first needs that buffer for the FP map's
-        # square, and takes it after as log1p(u / q) (e to rounding): four full-size buffers, never five
-        softplus = torch.log1p(e) if stats_gamma != 2 else None
+        softplus = torch.log1p(e)  # -log q = log1p(e) now, while e exists
         u = e.mul_(q)
         zeros = [logits.new_zeros(()) for _ in range(3)]
         tp, fp, fn = zeros
@@ -88,16 +88,13 @@ class _AsymmetricFocalTerms(torch.autograd.Function):
             tp = base.sum(axes, dtype=acc)
             fn = (ym.sum(axes, dtype=acc) - tp if stats_gamma == 1
                   else torch.mul(u, ym, out=base).square_().sum(axes, dtype=acc))  # (u y m)^2 = u^2 y m
-        base = torch.addcmul(u, u, y, value=-1, out=base)  # b = u (1 - y), exact; p where y = 0
-        if mask is not None:
-            base.mul_(mask)
+        base = _fp_map(u, y, mask, out=base)
         if stats_gamma == 1:
             fp = base.sum(axes, dtype=acc)
-        elif stats_gamma == 2:
-            softplus = torch.mul(base, base)
-            fp = softplus.sum(axes, dtype=acc)
-            softplus = torch.div(u, q, out=softplus).log1p_()
-        factor, h = _background_factor_and_slope(base, u, q, softplus, y, gamma, linear_piece)
+        elif stats_gamma == 2:  # squared in place (a fifth buffer costs more than the passes it saves);
+            fp = base.square_().sum(axes, dtype=acc)  # the factor below takes b from u again
+        factor, h = _background_factor_and_slope(base, stats_gamma != 2, u, q, softplus, y, mask, ym, gamma,
+                                                 linear_piece)
         l_neg = factor.mul_(softplus).sum(axes, dtype=acc).neg_()  # sum F0 log q
         l_pos = softplus.mul_(ym).sum(axes, dtype=acc).neg_()  # sum y m log q
         ctx.stats_gamma = stats_gamma
@@ -131,19 +128,39 @@ class _AsymmetricFocalTerms(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-def _background_factor_and_slope(base: Tensor, u: Tensor, q: Tensor, softplus: Tensor, y: Tensor, gamma: float,
-                                 linear_piece: bool) -> Tuple[Tensor, Tensor]:
-    """``F0 = safe_pow(b, gamma)`` (written over ``b``) and ``H = F0 u + q log1p(e) b F'(b)`` (written over ``q``,
-    which nothing reads after): ``gamma F0`` for ``b F'`` unless some ``b`` may lie on safe_pow's linear piece
-    (``linear_piece``)."""
-    if linear_piece:  # b F'(b) from the one formula of F' (gamma F0 above POW_EPS, F0 on the linear piece)
-        factor, derivative = focal_factor_and_derivative(base, gamma)
-        return factor, q.mul_(softplus).mul_(derivative.mul_(base)).addcmul_(u, factor)
-    if gamma == 0.5:  # sqrt of an exact 0 takes a ~10x slower path on this CPU: the foreground's b = 0 lifted
-        factor = base.add_(y).sqrt_().sub_(y)  # to 1 and back (sqrt(1) - 1 = 0 exactly; + 0 elsewhere)
+def _fp_map(u: Tensor, y: Tensor, mask: Optional[Tensor], out: Tensor) -> Tensor:
+    """``b = u (1 - y) m`` (``u - u y``: exact for ``y`` in {0, 1}): ``p m`` where ``y = 0``, exactly 0 elsewhere."""
+    base = torch.addcmul(u, u, y, value=-1, out=out)
+    return base.mul_(mask) if mask is not None else base
+
+
+def _background_factor_and_slope(base: Tensor, holds_b: bool, u: Tensor, q: Tensor, softplus: Tensor, y: Tensor,
+                                 mask: Optional[Tensor], ym: Tensor, gamma: float, linear_piece: bool
+                                 ) -> Tuple[Tensor, Tensor]:
+    """``F0 = safe_pow(b, gamma)`` (written over ``base``) and ``H = F0 u + q log1p(e) b F'(b)`` (written over
+    ``q``, which nothing reads after): ``gamma F0`` for ``b F'`` unless some ``b`` may lie on safe_pow's linear
+    piece (``linear_piece``). ``base`` holds ``b`` (``holds_b``) or is a spare buffer (``b`` taken from ``u``)."""
+    if not holds_b and not linear_piece and gamma == 0.5:
+        factor = _root_from_u(u, y, mask, ym, out=base)
     else:
-        factor = power_in_place(base, gamma)
+        if not holds_b:
+            base = _fp_map(u, y, mask, out=base)
+        if linear_piece:  # b F'(b) from the one formula of F' (gamma F0 above POW_EPS, F0 on the linear piece)
+            factor, derivative = focal_factor_and_derivative(base, gamma)
+            return factor, q.mul_(softplus).mul_(derivative.mul_(base)).addcmul_(u, factor)
+        if gamma == 0.5:  # sqrt of an exact 0 takes a ~10x slower path on this CPU: the foreground's b = 0 lifted
+            factor = base.add_(y).sqrt_().sub_(y)  # to 1 and back (sqrt(1) - 1 = 0 exactly; + 0 elsewhere)
+        else:
+            factor = power_in_place(base, gamma)
     return factor, torch.addcmul(u, q, softplus, value=gamma, out=q).mul_(factor)  # F0 (u + gamma q log1p(e))
+
+
+def _root_from_u(u: Tensor, y: Tensor, mask: Optional[Tensor], ym: Tensor, out: Tensor) -> Tensor:
+    """``sqrt(b)``, ``b = u (1 - y) m``, as ``sqrt(lerp(u, 1, y) m) - y m``: one pass for ``b`` and the lift below
+    (lerp returns ``u`` and exactly 1 for ``y`` = 0 and 1), so that the foreground's ``sqrt(1) - 1`` is exactly 0
+    without a square root of an exact 0 (a ~10x slower path on this CPU)."""
+    lifted = torch.lerp(u, u.new_ones(()), y, out=out)
+    return (lifted.mul_(mask) if mask is not None else lifted).sqrt_().sub_(ym)
 
 
 def power_in_place(x: Tensor, gamma: float) -> Tensor:

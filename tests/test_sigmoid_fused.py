@@ -243,6 +243,9 @@ def test_asymmetric_focal_pass_equals_the_general_formulas(gamma, stats_gamma, l
         if masked:
             x[mask.expand_as(x) == 0] = -500 * (2 * y[mask.expand_as(x) == 0] - 1)
     calls = _spy(monkeypatch, sigmoid_asymmetric._AsymmetricFocalTerms)
+    roots = []  # DSC++'s squared FP map: the square root taken from u (gamma 0.5 without the linear piece)
+    monkeypatch.setattr(sigmoid_asymmetric, "_root_from_u",
+                        lambda *a, _root=sigmoid_asymmetric._root_from_u, **k: roots.append(1) or _root(*a, **k))
     for split in (True, False):
         args = (x, y, mask, stats_gamma, (0.0, gamma), split)
         fused, g_fused = values_and_grads(_fused, *args)
@@ -252,10 +255,11 @@ def test_asymmetric_focal_pass_equals_the_general_formulas(gamma, stats_gamma, l
         for a, b, c in zip(fused + [g_fused], general + [g_general], exact[0] + [exact[1]]):
             assert_as_close_as_the_general_formula(a, b, c)
     assert [a[6] for a in calls] == [gamma < 1 and logits == "saturated"] * 2  # the linear-piece branch or not
+    assert len(roots) == 2 * (stats_gamma == 2 and gamma == 0.5 and logits != "saturated")
 
 
 @pytest.mark.parametrize("stats_gamma,gamma,split", [(1.0, 0.5, True), (None, 0.5, False), (2.0, 0.3, True),
-                                                     (1.0, 1.5, True)])
+                                                     (1.0, 1.5, True), (2.0, 0.5, True)])
 @pytest.mark.parametrize("linear_piece", [False, True], ids=["exact-power", "linear-piece"])
 def test_asymmetric_focal_pass_gradcheck(stats_gamma, gamma, split, linear_piece, monkeypatch):
     """Finite differences; 'linear-piece': some background voxels at u ~ 2e-9 (logit 20 on their side), below
