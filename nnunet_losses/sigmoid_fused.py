@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nnunet_losses.functional import POW_EPS, focal_factor_and_derivative
+from nnunet_losses.functional import POW_EPS, focal_factor_and_derivative, sum_of_logs
 from nnunet_losses.sigmoid_asymmetric import asymmetric_terms, negated_side_logits, power_in_place
 
 #: Below this side probability ``q`` the focal sums take the general formula (see the module docstring).
@@ -98,9 +98,10 @@ def sigmoid_hard_terms(logits: Tensor, y: Tensor, mask: Optional[Tensor], stats_
                 z.mul_(mask)
             u = None if bce else torch.neg(z).sigmoid_()  # u = 1 - q = sigmoid(-z), exact where q rounds to 1
             q = z.sigmoid_()
-            if bool(q.amin() < _Q_MIN):  # amin: one reduction, no bool map
+            q_min = float(q.amin())  # amin: one reduction, no bool map
+            if q_min < _Q_MIN:
                 return None
-            side = (q, u)
+            side = (q, u, q_min)
     out = _SigmoidHardTerms.apply(logits, y, mask, p, side, None if stats_gamma is None else float(stats_gamma),
                                   gammas, split, acc)
     stats = tuple(out[:3]) if stats_gamma is not None else None
@@ -145,7 +146,11 @@ class _SigmoidHardTerms(torch.autograd.Function):
             free += [fp_map, fn_map]
             p = None
         g_map = None
-        if focal_gammas is not None:
+        if focal_gammas == (0.0, 0.0) and mask is None and not split:  # the BCE's sum of log q alone: from the
+            # logarithms of products of q (q itself is not needed afterwards)
+            l_pos, g_map = sum_of_logs(side[0], side[2], 2), _bce_slope(y, p, stats_gamma is None, r, free)
+            free.append(side[0])
+        elif focal_gammas is not None:
             values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free,
                                                     keep_u=sides and stats_gamma == 2)
             if mask is not None:
@@ -211,21 +216,25 @@ def _pop(buffers: list) -> Optional[Tensor]:
     return buffers.pop() if buffers else None
 
 
+def _bce_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Optional[Tensor], free: list) -> Tensor:
+    """The BCE's ``G = y - p`` (F = 1; torch's own BCE gradient, ``sigmoid(x) - y``): the DSC++ statistics' ``r``,
+    or written over ``p`` (``p_free``) or a free buffer."""
+    if r is not None:
+        return r
+    if p_free:  # -(p - y) in place: negation is exact
+        return p.sub_(y).neg_()
+    return torch.sub(y, p, out=_pop(free))
+
+
 def _focal_values_and_slope(y: Tensor, p: Optional[Tensor], p_free: bool, r: Optional[Tensor], side,
                             gammas: Tuple[float, float], free: list, keep_u: bool = False) -> Tuple[Tensor, Tensor]:
     """The unmasked maps ``F log q`` and ``G / s = d(F log q)/dz`` of the module docstring (for the BCE ``G``
     itself, ``y - p``), written into ``side``'s maps and ``free``'s buffers where possible (``p_free``: nothing
     else reads ``p``, it may be overwritten); maps nothing reads any more (``u`` unless ``keep_u``) are added to
     ``free``."""
-    q, u = side
-    if gammas == (0.0, 0.0):  # BCE: F = 1, G = y - p (torch's own BCE gradient, sigmoid(x) - y)
-        if r is not None:  # the DSC++ statistics' r = y - p
-            g_map = r
-        elif p_free:  # -(p - y) in place: negation is exact
-            g_map = p.sub_(y).neg_()
-        else:
-            g_map = torch.sub(y, p, out=_pop(free))
-        return q.log_(), g_map
+    q, u = side[:2]
+    if gammas == (0.0, 0.0):
+        return q.log_(), _bce_slope(y, p, p_free, r, free)
     gamma_pos, gamma_neg = gammas
     log_q = torch.log(q, out=_pop(free))
     # log q to full precision where q rounds near 1: minus the rounding error d = q - 1 + u of q (q - 1 is exact
@@ -270,7 +279,7 @@ def _stats_from_sides(y: Tensor, ym: Tensor, mask: Optional[Tensor], side, gamma
     of their own. The FP and FN terms are ``u (1 - y)`` and ``y - TP`` (gamma 1), ``u^2 (1 - y)`` and ``u^2 y``
     (gamma 2): the exact sigmoid where the general formula rounds ``1 - p``. Also returns, for gamma 1, the map
     ``p (1 - p) = q u`` for backward (gamma 2 keeps ``u`` for its gradient, and takes ``u (1 - u)``)."""
-    q, u = side
+    q, u = side[:2]
     work = q * ym
     tp = work.sum(axes, dtype=acc)
     if gamma == 1:

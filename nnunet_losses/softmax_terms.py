@@ -29,7 +29,6 @@ NLL alone writes its gradient over the saved softmax.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -170,7 +169,7 @@ class _LabelPass:
         if isinstance(self.nll, CategoricalNLL) and self.nll == (None, None):  # plain CE: -sum log p_t / N, and the slope -1 of every voxel
             self.slope_nll = -1.0
             self.count = self.p_t.numel() if self.mask is None else self.mask.sum().clamp_min(1)
-            return -_sum_of_logs(self.p_t, self.p_t_min) / self.count
+            return -Fn.sum_of_logs(self.p_t, self.p_t_min) / self.count
         if isinstance(self.nll, CategoricalNLL):
             value, self.slope_nll = Fn.hard_categorical_focal_terms(self._indicator, self.p_t, *self.nll,
                                                                     self.need_grad)
@@ -244,22 +243,6 @@ class _LabelPass:
         a = self.w * -g if isinstance(self.w, Tensor) else -self.w * g  # a = -w G / N; a 0-d tensor if w is one
         a = a * self.mask if self.mask is not None else a
         return Fn.one_vs_rest_grad(a, y, self.p, self._one_vs_rest_q(), self.c0, out=grad, consume_q=True)
-
-
-def _sum_of_logs(prob: Tensor, smallest: float) -> Tensor:
-    """``sum log prob`` (in the sum's accumulation dtype of :func:`~nnunet_losses.functional.masked_mean`) as the
-    sum of the logarithms of products of up to 16 values: ``log a + log b = log(a b)``, and on this CPU a logarithm
-    costs ~6 multiplications. ``smallest`` is ``prob``'s minimum (>= :data:`MIN_PROBABILITY`, values <= 1): the
-    products are formed only while they stay >= 2^-100 (float32; 2^-1000 float64), far above the subnormals, so
-    each is exact to k roundings and its logarithm to ~k ulp of 1 -- rounding, as the sum's own."""
-    floor = -100.0 if prob.dtype != torch.float64 else -1000.0
-    flat, per_product = prob.reshape(-1), 1
-    while per_product < 16 and flat.numel() % 2 == 0 and 2 * per_product * math.log2(smallest) >= floor:
-        half = flat.numel() // 2
-        # the first product is a new tensor (prob is the caller's); the others are written over the first
-        flat = torch.mul(flat[:half], flat[half:]) if per_product == 1 else flat[:half].mul_(flat[half:])
-        per_product *= 2
-    return flat.log().sum(dtype=torch.float32 if prob.dtype != torch.float64 else torch.float64)
 
 
 def _spatial_sum(x: Tensor) -> Tensor:
