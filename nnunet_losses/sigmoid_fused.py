@@ -33,7 +33,9 @@ come from ``q`` and ``u`` (the exact sigmoid where the general formula rounds ``
 wrong side) it would lose precision, and :func:`sigmoid_hard_terms` returns None so that the caller takes the
 general formula. Where ``q`` rounds near 1 the focal path corrects ``log q`` by the rounding error
 ``q - 1 + u``; the BCE (gamma 0, no ``u``) keeps ``log`` of the rounded ``q``: its value is exact to
-``2^-24`` absolute per element (the gradient, ``y - p``, is torch's own).
+``2^-24`` absolute per element (the gradient, ``y - p``, is torch's own). The BCE without an ignore mask reads
+only the per-(sample, region) sums of ``log q``: they are taken from the logarithms of products of up to 16
+``q`` (:func:`~nnunet_losses.functional.sum_of_logs`; exact to rounding, a logarithm costs ~6 products here).
 Differentiable once (double backward raises).
 
 Asymmetric focal exponents (foreground 0, background ``gamma > 0``: Unified Focal) take their own pass,

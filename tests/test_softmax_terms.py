@@ -216,8 +216,11 @@ def test_plain_ce_sum_of_logs_from_products_equals_the_sum_of_logs(dtype, smalle
     gen = torch.Generator().manual_seed(7)
     prob = torch.rand(size, generator=gen, dtype=torch.float64) ** 0.2 * (1 - smallest) + smallest
     prob[torch.rand(size, generator=gen) < 0.8] = smallest  # many products of the smallest value alone
-    expected = prob.log().sum()
-    got = Fn.sum_of_logs(prob.to(dtype), float(prob.to(dtype).min()))
-    assert torch.isfinite(got)
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(got.double(), expected, rtol=0, atol=64 * eps * prob.log().abs().sum().item() + 1e-12)
+    for rows, start_dim in ((1, 0), (4, 1)):  # one sum, or one per row (the region BCE's per-(sample, region) sums)
+        p = prob[: size - size % rows].reshape(rows, -1) if start_dim else prob
+        expected = p.log().sum(-1)
+        got = Fn.sum_of_logs(p.to(dtype), float(p.to(dtype).min()), start_dim)
+        assert got.shape == expected.shape and torch.isfinite(got).all()
+        atol = 64 * eps * p.log().abs().sum().item() + 1e-12
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=atol)
