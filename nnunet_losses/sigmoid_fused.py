@@ -147,10 +147,14 @@ class _SigmoidHardTerms(torch.autograd.Function):
             fp = fp_map.sum(axes, dtype=acc)
             free += [fp_map, fn_map]
             p = None
-        g_map = None
+        g_map, ctx.negated = None, False
         if focal_gammas == (0.0, 0.0) and mask is None and not split:  # the BCE's sum of log q alone: from the
             # logarithms of products of q (q itself is not needed afterwards)
-            l_pos, g_map = sum_of_logs(side[0], side[2], 2), _bce_slope(y, p, stats_gamma is None, r, free)
+            l_pos = sum_of_logs(side[0], side[2], 2)
+            if stats_gamma is None:  # p is ours alone: G = -(p - y), the sign taken by backward's (B, R) factor
+                g_map, ctx.negated = p.sub_(y), True
+            else:
+                g_map = _bce_slope(y, p, False, r, free)
             free.append(side[0])
         elif focal_gammas is not None:
             values, g_map = _focal_values_and_slope(y, p, stats_gamma is None, r, side, focal_gammas, free,
@@ -198,6 +202,8 @@ class _SigmoidHardTerms(torch.autograd.Function):
             p = p if p is not None else torch.abs(r, out=_pop(spare))
             torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
         if ctx.focal:  # dL/dx = G (g_L- + y (g_L+ - g_L-)); G g_L+ when not split
+            if ctx.negated:  # g_map = -G
+                g_pos = -g_pos
             if not ctx.signed:  # g_map = G / s: the side weights times s = +1 (y = 1) and s = -1 (y = 0)
                 g_neg, split = -(g_neg if ctx.split else g_pos), True
             else:
