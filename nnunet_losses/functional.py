@@ -69,21 +69,23 @@ def log_one_minus_softmax(logits: Tensor) -> Tensor:
     return torch.cat(out, dim=1) - lse
 
 
-def sum_of_logs(prob: Tensor, smallest: float, start_dim: int = 0) -> Tensor:
+def sum_of_logs(prob: Tensor, smallest: float, start_dim: int = 0, in_place: bool = False) -> Tensor:
     """``sum log prob`` over the dimensions from ``start_dim`` on (float32 or float64 accumulation), as the sum of
     the logarithms of products of up to 16 values: ``log a + log b = log(a b)``, and on this CPU a logarithm
     costs ~6 multiplications. ``smallest`` is ``prob``'s minimum (values <= 1): the products are formed only while
     they stay >= 2^26 times the smallest normal number (2^-100 in float32), far above the subnormals, so each is exact to k roundings
-    and its logarithm to ~k ulp of 1 -- rounding, as the sum's own. ``prob`` is not modified."""
+    and its logarithm to ~k ulp of 1 -- rounding, as the sum's own. ``prob`` is overwritten if ``in_place`` (no
+    new buffer: here a fresh one costs page faults, and peak memory), else not modified."""
     floor = math.log2(torch.finfo(prob.dtype).tiny) + 26  # 2^-100 in float32, 2^-996 in float64
     flat, per_product = prob.flatten(start_dim), 1
     while per_product < 16 and flat.shape[-1] % 2 == 0 and 2 * per_product * math.log2(smallest) >= floor:
         half = flat.shape[-1] // 2
-        # the first product is a new tensor (prob is the caller's); the others are written over the first
-        flat = (torch.mul(flat[..., :half], flat[..., half:]) if per_product == 1
+        # the first product is a new tensor unless prob is ours to overwrite; the others are written over it
+        flat = (torch.mul(flat[..., :half], flat[..., half:]) if per_product == 1 and not in_place
                 else flat[..., :half].mul_(flat[..., half:]))
         per_product *= 2
-    return flat.log().sum(-1, dtype=torch.float64 if prob.dtype == torch.float64 else torch.float32)
+    flat = flat.log_() if in_place or per_product > 1 else flat.log()  # in place where the buffer is ours
+    return flat.sum(-1, dtype=torch.float64 if prob.dtype == torch.float64 else torch.float32)
 
 
 def masked_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:

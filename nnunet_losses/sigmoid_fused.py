@@ -150,7 +150,7 @@ class _SigmoidHardTerms(torch.autograd.Function):
         g_map, ctx.negated = None, False
         if focal_gammas == (0.0, 0.0) and mask is None and not split:  # the BCE's sum of log q alone: from the
             # logarithms of products of q (q itself is not needed afterwards)
-            l_pos = sum_of_logs(side[0], side[2], 2)
+            l_pos = sum_of_logs(side[0], side[2], 2, in_place=True)
             if stats_gamma is None:  # p is ours alone: G = -(p - y), the sign taken by backward's (B, R) factor
                 g_map, ctx.negated = p.sub_(y), True
             else:

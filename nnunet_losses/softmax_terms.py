@@ -169,7 +169,7 @@ class _LabelPass:
         if isinstance(self.nll, CategoricalNLL) and self.nll == (None, None):  # plain CE: -sum log p_t / N, and the slope -1 of every voxel
             self.slope_nll = -1.0
             self.count = self.p_t.numel() if self.mask is None else self.mask.sum().clamp_min(1)
-            return -Fn.sum_of_logs(self.p_t, self.p_t_min) / self.count
+            return -Fn.sum_of_logs(self.p_t, self.p_t_min, in_place=True) / self.count  # p_t: not read again
         if isinstance(self.nll, CategoricalNLL):
             value, self.slope_nll = Fn.hard_categorical_focal_terms(self._indicator, self.p_t, *self.nll,
                                                                     self.need_grad)

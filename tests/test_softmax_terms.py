@@ -220,7 +220,11 @@ def test_plain_ce_sum_of_logs_from_products_equals_the_sum_of_logs(dtype, smalle
     for rows, start_dim in ((1, 0), (4, 1)):  # one sum, or one per row (the region BCE's per-(sample, region) sums)
         p = prob[: size - size % rows].reshape(rows, -1) if start_dim else prob
         expected = p.log().sum(-1)
-        got = Fn.sum_of_logs(p.to(dtype), float(p.to(dtype).min()), start_dim)
-        assert got.shape == expected.shape and torch.isfinite(got).all()
         atol = 64 * eps * p.log().abs().sum().item() + 1e-12
-        torch.testing.assert_close(got.double(), expected, rtol=0, atol=atol)
+        for in_place in (False, True):
+            given = p.to(dtype, copy=True)  # ours: in_place may overwrite it, in_place=False must keep it
+            got = Fn.sum_of_logs(given, float(given.min()), start_dim, in_place=in_place)
+            assert got.shape == expected.shape and torch.isfinite(got).all()
+            torch.testing.assert_close(got.double(), expected, rtol=0, atol=atol)
+            if not in_place:
+                assert torch.equal(given, p.to(dtype))
