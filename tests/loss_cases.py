@@ -122,3 +122,13 @@ def values_and_grads(fn, x, *args):
     g = torch.Generator().manual_seed(3)
     sum((torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) * o).sum() for o in outs).backward()
     return [o.detach() for o in outs], xx.grad
+
+
+def assert_gradcheck_once_differentiable(fn, x: Tensor, **tolerances) -> None:
+    """``gradcheck`` of ``fn`` at ``x``, and a second derivative refused with a RuntimeError (the fused passes write
+    their gradient out without a graph: differentiable once, never silently wrong twice)."""
+    import pytest
+    assert torch.autograd.gradcheck(fn, (x,), **tolerances)
+    (grad,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
