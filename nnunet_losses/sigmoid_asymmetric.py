@@ -151,7 +151,7 @@ def _background_factor_and_slope(base: Tensor, holds_b: bool, u: Tensor, q: Tens
         if gamma == 0.5:  # sqrt of an exact 0 takes a ~10x slower path on this CPU: the foreground's b = 0 lifted
             factor = base.add_(y).sqrt_().sub_(y)  # to 1 and back (sqrt(1) - 1 = 0 exactly; + 0 elsewhere)
         else:
-            factor = power_in_place(base, gamma)
+            factor = power(base, gamma, out=base)
     return factor, torch.addcmul(u, q, softplus, value=gamma, out=q).mul_(factor)  # F0 (u + gamma q log1p(e))
 
 
@@ -163,11 +163,11 @@ def _root_from_u(u: Tensor, y: Tensor, mask: Optional[Tensor], ym: Tensor, out: 
     return (lifted.mul_(mask) if mask is not None else lifted).sqrt_().sub_(ym)
 
 
-def power_in_place(x: Tensor, gamma: float) -> Tensor:
-    """``x ** gamma`` written over ``x`` (``x`` itself for gamma 1; the square and the square root as the cheap
-    kernels they are: torch's general power is ~15x a product)."""
+def power(x: Tensor, gamma: float, out: Optional[Tensor] = None) -> Tensor:
+    """``x ** gamma`` written into ``out`` (``out=x``: over ``x``; None: a new tensor); ``x`` itself for gamma 1.
+    The square and the square root as the cheap kernels they are: torch's general power is ~15x a product."""
     if gamma == 1:
         return x
     if gamma == 2:
-        return x.mul_(x)
-    return x.sqrt_() if gamma == 0.5 else x.pow_(gamma)
+        return torch.mul(x, x, out=out)
+    return torch.sqrt(x, out=out) if gamma == 0.5 else torch.pow(x, gamma, out=out)

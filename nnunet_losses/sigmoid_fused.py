@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from nnunet_losses.functional import POW_EPS, focal_factor_and_derivative, sum_of_logs
-from nnunet_losses.sigmoid_asymmetric import asymmetric_terms, negated_side_logits, power_in_place
+from nnunet_losses.sigmoid_asymmetric import asymmetric_terms, negated_side_logits, power
 
 #: Below this side probability ``q`` the focal sums take the general formula (see the module docstring).
 _Q_MIN = 1e-30
@@ -309,11 +309,7 @@ def _power(u: Tensor, gamma: float, free: list, in_place: bool = False) -> float
     written over ``u`` (``in_place``) or into one of the ``free`` buffers if there is one."""
     if gamma == 0:
         return 1.0
-    if gamma == 1:
-        return u
-    if in_place:
-        return power_in_place(u, gamma)
-    return torch.mul(u, u, out=_pop(free)) if gamma == 2 else torch.pow(u, gamma, out=_pop(free))
+    return power(u, gamma, out=u if in_place else _pop(free))
 
 
 def _factor_and_scaled_derivative(u: Tensor, gamma: float) -> Tuple[float | Tensor, float | Tensor]:
